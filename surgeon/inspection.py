@@ -1,0 +1,84 @@
+"""``surgeon plugins`` and ``surgeon inspect``: what is installed, what a model holds."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from surgeon.discovery import Registry, discover
+from surgeon.errors import blamed_on
+from surgeon.options import type_name
+from surgeon.plugin import option_defaults
+
+
+def list_plugins(plugin_paths: list[Path]) -> list[dict[str, Any]]:
+    """Every installed plugin with its kind, origin, doc and options; broken modules last."""
+    registry = discover(plugin_paths)
+    listing = []
+    for plugin in registry.all():
+        hints = typing.get_type_hints(plugin.options)
+        defaults = option_defaults(plugin.options)
+        listing.append({
+            "name": plugin.name,
+            "kind": plugin.kind,
+            "doc": plugin.doc,
+            "origin": registry.origin[plugin.name],
+            "options": [
+                {"name": option.name, "type": type_name(hints[option.name]), "default": defaults[option.name],
+                 "doc": option.metadata.get("doc", "")}
+                for option in dataclasses.fields(plugin.options)
+            ],
+        })
+    listing.extend({"name": None, "kind": "broken", "origin": b.origin, "doc": b.reason, "options": []}
+                   for b in registry.broken)
+    return listing
+
+
+def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
+    """Inputs, outputs, opset, op histogram and the hazards every installed pass detects."""
+    from surgeon.onnx_io import load_model
+
+    model = load_model(path)
+    registry = discover(plugin_paths)
+    graph = model.graph
+    initializers = {init.name for init in graph.initializer}
+    return {
+        "path": str(path),
+        "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [_value(v) for v in graph.input if v.name not in initializers],
+        "outputs": [_value(v) for v in graph.output],
+        "nodes": len(graph.node),
+        "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
+        "findings": findings(model, registry),
+        "broken_plugins": [{"origin": b.origin, "reason": b.reason} for b in registry.broken],
+    }
+
+
+def findings(model: Any, registry: Registry) -> list[dict[str, str]]:
+    """Run every installed pass's detector with default options."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    found = []
+    for rewrite in registry.passes.values():
+        with blamed_on(rewrite.name, "detect()"):
+            hazards = rewrite.detect(graph, rewrite.options())
+        found.extend({"plugin": rewrite.name, "where": h.where, "message": h.message} for h in hazards)
+    return found
+
+
+def _value(value: Any) -> dict[str, Any]:
+    import onnx
+
+    tensor_type = value.type.tensor_type
+    dims = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor_type.shape.dim]
+    return {
+        "name": value.name,
+        "dtype": onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower(),
+        "shape": dims if tensor_type.HasField("shape") else None,
+    }

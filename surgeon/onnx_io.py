@@ -1,0 +1,89 @@
+"""Reading and writing ONNX files safely.
+
+External data is read only from inside the model's folder: locations that are
+absolute, climb out with ``..``, or resolve through a symlink to somewhere
+outside are refused before a byte of them is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from surgeon.errors import SurgeonError, describe
+
+# protobuf cannot serialise a message of 2 GiB or more; stay well below it
+INLINE_LIMIT_BYTES = 1_800_000_000
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX file, with its external data."""
+    path = Path(path)
+    if not path.exists():
+        raise SurgeonError(f"{path}: no such file")
+    if not path.is_file():
+        raise SurgeonError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise SurgeonError(f"{path}: the file is empty, not an ONNX model")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as error:
+        raise SurgeonError(f"{path}: not an ONNX model ({describe(error)})") from None
+    base = path.resolve().parent
+    for tensor in _tensors(model.graph):
+        if external_data_helper.uses_external_data(tensor):
+            _check_location(path, base, tensor)
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as error:
+        raise SurgeonError(f"{path}: invalid ONNX model ({describe(error)})") from None
+    if any(external_data_helper.uses_external_data(t) for t in _tensors(model.graph)):
+        external_data_helper.load_external_data_for_model(model, str(base))
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Write ``model``; tensors go to ``<name>.data`` beside it when it is too big for one file."""
+    if _byte_size(model) < INLINE_LIMIT_BYTES:
+        onnx.save_model(model, str(path))
+    else:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
+        )
+
+
+def _byte_size(model: onnx.ModelProto) -> int:
+    try:
+        return model.ByteSize()
+    except ValueError:  # protobuf refuses to size messages over 2 GiB
+        return INLINE_LIMIT_BYTES
+
+
+def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> None:
+    location = next((entry.value for entry in tensor.external_data if entry.key == "location"), "")
+    where = f"{path}: external data of tensor {tensor.name!r} at {location!r}"
+    if not location or os.path.isabs(location) or Path(location).is_absolute() or ".." in Path(location).parts:
+        raise SurgeonError(f"{where} is refused: it must be a relative path inside the model's folder")
+    target = (base / location).resolve()
+    if base not in target.parents:
+        raise SurgeonError(f"{where} is refused: it resolves to {target}, outside the model's folder")
+    if not target.is_file():
+        raise SurgeonError(f"{where}: no such file")
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor stored in ``graph``: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)

@@ -1,0 +1,200 @@
+"""The pipeline: source -> rewrite passes in ``--plugins`` order -> writers -> verification.
+
+Every plugin and option is resolved and validated before any work starts,
+and everything is written into a staging folder renamed into place at the
+end (see ``surgeon.output``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from surgeon import __version__, device, options, output
+from surgeon.discovery import Registry, discover
+from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
+from surgeon.plugin import Converter, RewritePass, Source, Writer
+from surgeon.rewrite import run_passes
+from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, check_parity
+
+log = logging.getLogger("surgeon")
+
+ALWAYS_WRITTEN = "onnx"
+DEFAULT_FORMATS = ("saved_model",)
+DEFAULT_CONVERTER = "onnx_tf"
+
+
+@dataclass
+class RunConfig:
+    """Everything ``surgeon run`` takes; the Python API and the CLI both build one."""
+
+    source: str
+    output: Path
+    plugins: list[str] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
+    batch_sizes: list[int] | None = None
+    verify: bool = True
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    device: str | None = None
+    converter: str = DEFAULT_CONVERTER
+    plugin_paths: list[Path] = field(default_factory=list)
+    force: bool = False
+
+
+@dataclass
+class Plan:
+    """The resolved plugins of a run, with validated options."""
+
+    source: Source
+    passes: list[tuple[RewritePass, Any]]
+    writers: list[tuple[Writer, Any]]
+    converter: tuple[Converter, Any] | None
+    options: dict[str, Any]
+
+    @classmethod
+    def resolve(cls, registry: Registry, config: RunConfig) -> Plan:
+        source = pick_source(registry, config.source)
+        passes = [registry.get(RewritePass, name) for name in config.plugins]
+        formats = [ALWAYS_WRITTEN, *(name for name in dict.fromkeys(config.formats) if name != ALWAYS_WRITTEN)]
+        writers = [registry.get(Writer, name) for name in formats]
+        converter = None
+        if any(writer.needs_saved_model for writer in writers):
+            converter = registry.get(Converter, config.converter)
+        used = [source, *passes, *writers, *([converter] if converter else [])]
+        for name in config.options:
+            if registry.find(name) is None:
+                raise UsageError(f"options given for unknown plugin {name!r}")
+            if name not in {plugin.name for plugin in used}:
+                log.warning("options for %r are ignored: it is not used in this run", name)
+        built = {plugin.name: options.build(plugin.name, plugin.options, config.options.get(plugin.name, {}))
+                 for plugin in used}
+        return cls(
+            source=source,
+            passes=[(p, built[p.name]) for p in passes],
+            writers=[(w, built[w.name]) for w in writers],
+            converter=(converter, built[converter.name]) if converter else None,
+            options=built,
+        )
+
+
+def pick_source(registry: Registry, spec: str) -> Source:
+    accepting = [source for source in registry.sources.values() if _accepts(source, spec)]
+    if len(accepting) == 1:
+        return accepting[0]
+    if not accepting:
+        raise UsageError(
+            f"no installed source understands {spec!r}",
+            hint="give an .onnx file, or a PyTorch model as file.py:factory or package.module:factory",
+        )
+    raise UsageError(f"{spec!r} is claimed by several sources: {', '.join(s.name for s in accepting)}")
+
+
+def _accepts(source: Source, spec: str) -> bool:
+    with blamed_on(source.name, "accepts()"):
+        return bool(source.accepts(spec))
+
+
+@dataclass
+class RunContext:
+    """What plugins see of a run in progress."""
+
+    config: RunConfig
+    plan: Plan
+    staging: Path
+    report: dict[str, Any]
+    source_model: onnx.ModelProto | None = None
+    model: onnx.ModelProto | None = None
+    # set by a source that can compute the original outputs (e.g. PyTorch);
+    # maps input name -> array to the list of output arrays
+    reference: Callable[[dict[str, Any]], list[Any]] | None = None
+    _saved_model: Path | None = None
+
+    @property
+    def onnx_path(self) -> Path:
+        """The rewritten model, ``OUT/model.onnx`` once the run succeeds."""
+        return self.staging / "model.onnx"
+
+    @property
+    def scratch(self) -> Path:
+        """A private folder for intermediate files, removed before the output is committed."""
+        path = self.staging / ".scratch"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def saved_model(self) -> Path:
+        """The SavedModel converted from ``self.model``: converted on first use, then shared."""
+        if self._saved_model is None:
+            if self.plan.converter is None:
+                raise SurgeonError("no converter was planned for this run")
+            converter, converter_options = self.plan.converter
+            target = self.scratch / "saved_model"
+            with stage(self.report, "convert", f"converting to TensorFlow with {converter.name}"):
+                with blamed_on(converter.name, "conversion"):
+                    converter.convert(self.model, converter_options, target, self)
+            self._saved_model = target
+        return self._saved_model
+
+
+@contextmanager
+def stage(report: dict[str, Any], name: str, what: str) -> Iterator[None]:
+    """Log a pipeline stage with its time, and record the time in the report."""
+    log.info("%s ...", what)
+    started = time.perf_counter()
+    yield
+    seconds = time.perf_counter() - started
+    report.setdefault("seconds", {})[name] = round(seconds, 3)
+    log.info("%s: done in %.1fs", name, seconds)
+
+
+def run(config: RunConfig) -> dict[str, Any]:
+    """Run the whole pipeline; return the report (also written to OUT/report.json)."""
+    started = time.perf_counter()
+    device.select(config.device)
+    plan = Plan.resolve(discover(config.plugin_paths), config)
+    report: dict[str, Any] = {
+        "surgeon": __version__,
+        "source": config.source,
+        "source_plugin": plan.source.name,
+        "formats": [writer.name for writer, _ in plan.writers],
+    }
+    with output.staged(config.output, config.force) as staging:
+        ctx = RunContext(config=config, plan=plan, staging=staging, report=report)
+        with stage(report, "load", f"loading {config.source} with {plan.source.name}"):
+            ctx.source_model = _load(plan.source, config.source, plan.options[plan.source.name], ctx)
+        names = ", ".join(p.name for p, _ in plan.passes) or "none"
+        with stage(report, "rewrite", f"rewriting: {names}"):
+            ctx.model, records = run_passes(ctx.source_model, plan.passes)
+        report["plugins"] = [record.__dict__ for record in records]
+        for writer, writer_options in plan.writers:
+            with stage(report, f"write_{writer.name}", f"writing {writer.name}"):
+                with blamed_on(writer.name, "writing"):
+                    writer.write(ctx, writer_options, staging)
+        if config.verify:
+            with stage(report, "verify", "verifying outputs"):
+                report["parity"] = check_parity(ctx)
+        shutil.rmtree(staging / ".scratch", ignore_errors=True)
+        report["seconds"]["total"] = round(time.perf_counter() - started, 3)
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log.info("wrote %s", config.output)
+    return report
+
+
+def _load(source: Source, spec: str, source_options: Any, ctx: RunContext) -> onnx.ModelProto:
+    with blamed_on(source.name, f"loading {spec}"):
+        model = source.load(spec, source_options, ctx)
+    if not isinstance(model, onnx.ModelProto):
+        raise PluginError(source.name, f"load() returned {type(model).__name__}, not an onnx.ModelProto")
+    return model
+
+

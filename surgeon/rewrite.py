@@ -1,0 +1,222 @@
+"""Running rewrite passes: import once, run every pass, export once.
+
+An onnx-graphsurgeon round trip costs far more than a pass, so the graph is
+imported once and exported once. Between passes only a cheap structural
+check runs; the ONNX checker and shape inference run once at the end, and
+when they fail the passes are replayed one by one to name the culprit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from surgeon.errors import PluginError, SurgeonError, blamed_on, describe
+from surgeon.plugin import RewritePass
+
+log = logging.getLogger("surgeon")
+
+Step = tuple[RewritePass, Any]
+
+
+@dataclass
+class PassRecord:
+    """What one pass did, for report.json."""
+
+    name: str
+    options: dict[str, Any]
+    seconds: float
+    nodes_added: int
+    nodes_removed: int
+    nodes_rewritten: int
+    renamed: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.nodes_added or self.nodes_removed or self.nodes_rewritten or self.renamed or self.details)
+
+    def summary(self) -> str:
+        parts = [f"{count} {what}" for count, what in (
+            (self.nodes_added, "added"), (self.nodes_removed, "removed"), (self.nodes_rewritten, "rewritten")
+        ) if count]
+        if self.renamed:
+            parts.append(", ".join(f"{old} -> {new}" for old, new in self.renamed.items()))
+        return "; ".join(parts) or "no change"
+
+
+def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.ModelProto, list[PassRecord]]:
+    """Apply ``steps`` in order; return the rewritten model and a record per pass."""
+    if not steps:
+        return model, []
+    graph = gs.import_onnx(model)
+    records = []
+    before = Snapshot(graph)
+    for rewrite, options in steps:
+        started = time.perf_counter()
+        details = apply(rewrite, graph, options)
+        after = Snapshot(graph)
+        record = before.diff(after, rewrite, options, time.perf_counter() - started, details)
+        log.info("  %-16s %s (%.2fs)", rewrite.name, record.summary(), record.seconds)
+        records.append(record)
+        before = after
+    rewritten = export(graph, model)
+    problem = validation_problem(rewritten)
+    if problem:
+        if validation_problem(model):
+            log.warning("the model fails the ONNX checks before and after the rewrites: %s", problem)
+        else:
+            raise blame(model, steps)
+    return rewritten, records
+
+
+def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
+    """Run one pass and check the graph it leaves; errors name the pass."""
+    with blamed_on(rewrite.name, "the pass"):
+        details = rewrite.run(graph, options)
+    problems = structural_problems(graph)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise PluginError(rewrite.name, f"left an invalid graph: {problems[0]}{more}")
+    if details is not None and not isinstance(details, dict):
+        raise PluginError(rewrite.name, f"returned {type(details).__name__}; a pass returns None or a dict")
+    return details
+
+
+def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        graph.cleanup().toposort()
+        model = gs.export_onnx(graph)
+    except Exception as error:
+        raise SurgeonError(f"exporting the rewritten graph failed: {describe(error)}") from error
+    model.model_version = original.model_version
+    model.doc_string = original.doc_string
+    model.metadata_props.extend(original.metadata_props)
+    return model
+
+
+def validation_problem(model: onnx.ModelProto) -> str | None:
+    """What the ONNX checker or strict shape inference says is wrong, if anything."""
+    try:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except ValueError as error:
+        if "2GB" in str(error) or "2 GB" in str(error):
+            return None  # too big to check in memory; the converter will still see it
+        return describe(error)
+    except Exception as error:
+        return describe(error)
+    return None
+
+
+def blame(model: onnx.ModelProto, steps: Sequence[Step]) -> PluginError:
+    """Replay the passes with the full checks after each; name the first that fails them."""
+    for count in range(1, len(steps) + 1):
+        graph = gs.import_onnx(model)
+        for rewrite, options in steps[:count]:
+            apply(rewrite, graph, options)
+        problem = validation_problem(export(graph, model))
+        if problem:
+            return PluginError(steps[count - 1][0].name, f"left a graph that fails the ONNX checks: {problem}")
+    return PluginError(steps[-1][0].name, "the passes together left a graph that fails the ONNX checks")
+
+
+def structural_problems(graph: gs.Graph, outer: frozenset[int] = frozenset()) -> list[str]:
+    """Dangling inputs, tensors with two producers and cycles, subgraphs included."""
+    problems: list[str] = []
+    producers: dict[int, gs.Node] = {}
+    for node in graph.nodes:
+        for tensor in node.outputs:
+            if id(tensor) in producers:
+                problems.append(f"tensor {tensor.name!r} is produced by two nodes, {producers[id(tensor)].name!r} and {node.name!r}")
+            producers[id(tensor)] = node
+    available = outer | {id(t) for t in graph.inputs}
+
+    def known(tensor: gs.Tensor) -> bool:
+        return isinstance(tensor, gs.Constant) or not tensor.name or id(tensor) in available or id(tensor) in producers
+
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if not known(tensor):
+                problems.append(f"node {node.name or node.op!r} reads {tensor.name!r}, which nothing produces")
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                problems.extend(structural_problems(value, available | set(producers)))
+    for tensor in graph.outputs:
+        if not known(tensor):
+            problems.append(f"graph output {tensor.name!r} is produced by no node")
+    if not problems and has_cycle(graph, producers):
+        problems.append("the graph has a cycle")
+    return problems
+
+
+def has_cycle(graph: gs.Graph, producers: dict[int, gs.Node]) -> bool:
+    pending = {id(node): sum(id(t) in producers for t in node.inputs) for node in graph.nodes}
+    consumers: dict[int, list[gs.Node]] = {}
+    for node in graph.nodes:
+        for tensor in node.inputs:
+            if id(tensor) in producers:
+                consumers.setdefault(id(producers[id(tensor)]), []).append(node)
+    ready = [node for node in graph.nodes if pending[id(node)] == 0]
+    visited = 0
+    while ready:
+        node = ready.pop()
+        visited += 1
+        for consumer in consumers.get(id(node), ()):
+            pending[id(consumer)] -= 1
+            if pending[id(consumer)] == 0:
+                ready.append(consumer)
+    return visited != len(graph.nodes)
+
+
+class Snapshot:
+    """The nodes of a graph and the names of its inputs and outputs at one moment."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        # keep the node objects alive, so their ids cannot be reused
+        self.nodes = {id(node): (node, _signature(node)) for node in graph.nodes}
+        self.io = [(tensor, tensor.name) for tensor in (*graph.inputs, *graph.outputs)]
+
+    def diff(self, after: Snapshot, rewrite: RewritePass, options: Any, seconds: float, details: dict | None) -> PassRecord:
+        kept = self.nodes.keys() & after.nodes.keys()
+        renamed = {old: tensor.name for tensor, old in self.io if tensor.name != old}
+        return PassRecord(
+            name=rewrite.name,
+            options=_plain(asdict(options)),
+            seconds=round(seconds, 4),
+            nodes_added=len(after.nodes.keys() - kept),
+            nodes_removed=len(self.nodes.keys() - kept),
+            nodes_rewritten=sum(self.nodes[key][1] != after.nodes[key][1] for key in kept),
+            renamed=renamed,
+            details=details,
+        )
+
+
+def _signature(node: gs.Node) -> tuple:
+    attrs = tuple((key, _value_key(value)) for key, value in node.attrs.items())
+    return (node.op, node.name, node.domain, tuple(map(id, node.inputs)), tuple(map(id, node.outputs)), attrs)
+
+
+def _value_key(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_value_key(item) for item in value)
+    return id(value)
+
+
+def _plain(value: Any) -> Any:
+    """Options as JSON-friendly values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
