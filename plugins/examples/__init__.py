@@ -1,0 +1,1 @@
+"""Bundled example models, used by ``surgeon run --example NAME``."""

@@ -1,0 +1,136 @@
+"""Helpers for testing rewrite passes, for surgeon's own tests and plugin authors'.
+
+    from surgeon.testing import model_from_text, apply_pass, assert_same_outputs
+
+    model = model_from_text('''
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }
+    ''')
+    rewritten = apply_pass("my_fix", model, some_option=3)
+    assert_same_outputs(model, rewritten, batch_sizes=[1, 3, 8])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.parser
+
+from surgeon import options as option_parsing
+from surgeon.plugin import RewritePass
+from surgeon.rewrite import PassRecord, run_passes
+from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, compare, onnxruntime_runner, random_feed
+
+
+def model_from_text(text: str) -> onnx.ModelProto:
+    """An ONNX model from the ONNX text syntax, checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def find_pass(name: str) -> RewritePass:
+    """The installed rewrite pass called ``name``."""
+    from surgeon.discovery import discover
+
+    return discover().passes[name]
+
+
+def apply_pass(rewrite: str | RewritePass, model: onnx.ModelProto, **raw_options: Any) -> onnx.ModelProto:
+    """Run one pass through the real pass runner (checks included); return the new model."""
+    return apply_pass_with_record(rewrite, model, **raw_options)[0]
+
+
+def apply_pass_with_record(
+    rewrite: str | RewritePass, model: onnx.ModelProto, **raw_options: Any
+) -> tuple[onnx.ModelProto, PassRecord]:
+    """Like :func:`apply_pass`, also returning what the host recorded about the pass."""
+    rewrite = find_pass(rewrite) if isinstance(rewrite, str) else rewrite
+    built = option_parsing.build(rewrite.name, rewrite.options, raw_options)
+    rewritten, (record,) = run_passes(model, [(rewrite, built)])
+    return rewritten, record
+
+
+def run_onnx(model: onnx.ModelProto, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run ``model`` on onnxruntime with one array per input, in input order."""
+    return onnxruntime_runner(model)([list(feed)])[0]
+
+
+def assert_same_outputs(
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    batch_sizes: Iterable[int] = (1,),
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+) -> None:
+    """``after`` computes what ``before`` computes on seeded random inputs at each batch size."""
+    run_before, run_after = onnxruntime_runner(before), onnxruntime_runner(after)
+    for size in batch_sizes:
+        feed = random_feed(before, size)
+        rows = compare("after", size, run_after([feed])[0], run_before([feed])[0], atol, rtol)
+        bad = [row for row in rows if not row["ok"]]
+        assert not bad, f"outputs differ at batch {size}: {bad}"
+
+
+def assert_idempotent(rewrite: str | RewritePass, model: onnx.ModelProto, **raw_options: Any) -> None:
+    """A second application of the pass changes nothing."""
+    once = apply_pass(rewrite, model, **raw_options)
+    twice, record = apply_pass_with_record(rewrite, once, **raw_options)
+    assert not record.changed, f"second application changed the graph: {dataclasses.asdict(record)}"
+    assert twice.graph == once.graph or onnx.helper.printable_graph(twice.graph) == onnx.helper.printable_graph(
+        once.graph
+    ), "second application changed the graph"
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendCase:
+    """One case of the ONNX backend node tests shipped in the onnx wheel."""
+
+    name: str
+    model: onnx.ModelProto
+    inputs: list[np.ndarray]
+    outputs: list[np.ndarray]
+
+
+def backend_node_cases(prefixes: Iterable[str] = ("",)) -> list[BackendCase]:
+    """The cases whose name starts with ``test_`` + one of ``prefixes`` (all by default).
+
+    Only the first data set of each case is read; cases with sequence, map or
+    optional inputs are left out (they have no plain tensor data).
+    """
+    from pathlib import Path
+
+    from onnx import numpy_helper
+
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "node"
+    cases = []
+    for folder in sorted(root.iterdir()):
+        if not any(folder.name.startswith(f"test_{prefix}") for prefix in prefixes):
+            continue
+        data = folder / "test_data_set_0"
+        model = onnx.load(str(folder / "model.onnx"))
+        try:
+            arrays = {kind: [numpy_helper.to_array(_read_tensor(path)) for path in sorted(data.glob(f"{kind}_*.pb"),
+                                                                                     key=_index)]
+                      for kind in ("input", "output")}
+        except ValueError:
+            continue
+        cases.append(BackendCase(folder.name, model, arrays["input"], arrays["output"]))
+    return cases
+
+
+def _read_tensor(path: Any) -> onnx.TensorProto:
+    tensor = onnx.TensorProto()
+    data = path.read_bytes()
+    tensor.ParseFromString(data)
+    if not tensor.data_type:
+        raise ValueError(f"{path} holds no plain tensor")
+    return tensor
+
+
+def _index(path: Any) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
