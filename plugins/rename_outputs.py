@@ -57,13 +57,18 @@ def plan(graph: gs.Graph, options: RenameOptions) -> dict[int, tuple[gs.Tensor, 
     for old, new in options.names.items():
         if old not in by_name:
             if new in by_name:
-                continue  # already applied
+                continue  # applied before: renaming twice changes nothing
             raise SurgeonError(f"names: no graph input or output is called {old!r} (they are: {', '.join(by_name)})")
         if not GOOD_NAME.fullmatch(new):
             raise SurgeonError(f"names: {new!r} is not a valid name (letters, digits and _, starting with a letter)")
         renames[id(by_name[old])] = (by_name[old], new, "renamed as asked")
-    taken = set(graph.tensors()) - {tensor.name for tensor, _, _ in renames.values()}
-    taken |= {new for _, new, _ in renames.values()}
+    inner_names = set(graph.tensors()) - set(by_name)
+    new_names = [new for _, new, _ in renames.values()]
+    clashes = [new for new in new_names if new in inner_names or new_names.count(new) > 1]
+    if clashes:
+        raise SurgeonError(f"names: {clashes[0]!r} would name two tensors of the graph")
+    taken = inner_names | (set(by_name) - {tensor.name for tensor, _, _ in renames.values()})
+    taken |= set(new_names)
     if options.auto:
         for key, (tensor, prefix, index) in io.items():
             if key in renames or is_good(tensor.name):
@@ -71,9 +76,6 @@ def plan(graph: gs.Graph, options: RenameOptions) -> dict[int, tuple[gs.Tensor, 
             new = unique(f"{prefix}_{index}", taken)
             taken.add(new)
             renames[key] = (tensor, new, "generated or invalid name")
-    clashes = [new for _, new, _ in renames.values() if new in set(graph.tensors()) - set(by_name)]
-    if clashes:
-        raise SurgeonError(f"names: {clashes[0]!r} is already the name of another tensor in the graph")
     return renames
 
 

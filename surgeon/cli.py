@@ -42,15 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take a PyTorch model or an ONNX file to a TensorFlow SavedModel that TF Serving and "
         "Triton can mount, fixing the ONNX graph on the way and checking that the numbers still match.",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an error")
     parser.add_argument("--version", action="version", version=f"surgeon {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = commands.add_parser(
         "run", help="convert a model: source -> rewrite plugins -> outputs, then verify",
         description="Convert SOURCE into OUT: load it as ONNX, run the rewrite plugins in the order "
         "given, write the formats, and verify that every stage computes what the source computes.",
-        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common],
     )
     run.add_argument("source", nargs="?", metavar="SOURCE",
                      help="an .onnx file, or a PyTorch model as file.py:factory or package.module:factory")
@@ -78,12 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="input shape for exporting a PyTorch SOURCE; repeat for several inputs")
     run.add_argument("-v", "--verbose", action="store_true", help="also show TensorFlow's and plugins' logs")
 
-    plugins = commands.add_parser("plugins", help="list installed plugins, their kinds and options")
+    plugins = commands.add_parser("plugins", help="list installed plugins, their kinds and options",
+                                  parents=[common])
     plugins.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
 
     inspect = commands.add_parser(
-        "inspect", help="show a model's inputs, outputs, ops and the hazards plugins would fix")
+        "inspect", help="show a model's inputs, outputs, ops and the hazards plugins would fix", parents=[common])
     inspect.add_argument("model", metavar="MODEL", help="an .onnx file")
     inspect.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(args: argparse.Namespace, error: BaseException, message: str) -> None:
-    if args.debug:
+    if getattr(args, "debug", False):
         traceback.print_exception(error)
     print(f"surgeon: error: {message}", file=sys.stderr)
 

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
 
@@ -91,7 +91,7 @@ def discover(plugin_paths: Iterable[str | Path] = ()) -> Registry:
     manager.add_hookspecs(hookspecs)
     registry = Registry()
     modules: list[tuple[str, object]] = []
-    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=_builtins_first):
         origin = f"entry point {entry_point.name!r} ({entry_point.value})"
         if manager.has_plugin(entry_point.name):
             continue
@@ -112,6 +112,11 @@ def discover(plugin_paths: Iterable[str | Path] = ()) -> Registry:
     for origin, module in modules:
         _collect(manager, registry, origin, module)
     return registry
+
+
+def _builtins_first(entry_point: EntryPoint) -> tuple[bool, str]:
+    """Built-ins first, so a third-party plugin that reuses a built-in name is the one refused."""
+    return (entry_point.dist is None or entry_point.dist.name != "surgeon", entry_point.name)
 
 
 def load_file(path: Path) -> ModuleType:

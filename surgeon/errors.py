@@ -46,12 +46,13 @@ def describe(error: BaseException) -> str:
 
 @contextmanager
 def blamed_on(plugin: str, action: str) -> Iterator[None]:
-    """Turn an unexpected exception inside a plugin into a ``PluginError`` naming it."""
+    """Turn an unexpected exception inside a plugin into a ``PluginError`` naming it.
+
+    A ``SurgeonError`` is the plugin's own message for the user and passes unchanged.
+    """
     try:
         yield
-    except SurgeonError as error:
-        if isinstance(error, PluginError):
-            raise
-        raise PluginError(plugin, str(error)) from error
+    except SurgeonError:
+        raise
     except Exception as error:
         raise PluginError(plugin, f"{action} failed: {describe(error)}", hint="--debug shows the traceback") from error

@@ -72,10 +72,12 @@ class Plan:
         if any(writer.needs_saved_model for writer in writers):
             converter = registry.get(Converter, config.converter)
         used = [source, *passes, *writers, *([converter] if converter else [])]
-        for name in config.options:
-            if registry.find(name) is None:
+        for name, values in config.options.items():
+            plugin = registry.find(name)
+            if plugin is None:
                 raise UsageError(f"options given for unknown plugin {name!r}")
-            if name not in {plugin.name for plugin in used}:
+            if plugin not in used:
+                options.build(name, plugin.options, values)  # still report mistakes
                 log.warning("options for %r are ignored: it is not used in this run", name)
         built = {plugin.name: options.build(plugin.name, plugin.options, config.options.get(plugin.name, {}))
                  for plugin in used}

@@ -78,8 +78,13 @@ def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mode
 
 def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
     """Run one pass and check the graph it leaves; errors name the pass."""
-    with blamed_on(rewrite.name, "the pass"):
-        details = rewrite.run(graph, options)
+    try:
+        with blamed_on(rewrite.name, "the pass"):
+            details = rewrite.run(graph, options)
+    except SurgeonError as error:
+        if isinstance(error, PluginError):
+            raise
+        raise PluginError(rewrite.name, str(error)) from error  # several passes run: say which one
     problems = structural_problems(graph)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

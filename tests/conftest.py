@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny ONNX models and plugin files written on the fly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import onnx
+import pytest
+
+from surgeon.testing import model_from_text
+
+# y = Relu(x) @ w + b, with an exporter-style output name
+TINY_TEXT = """
+<ir_version: 8, opset_import: ["" : 13]>
+tiny (float[N, 4] x) => (float[N, 3] add_17)
+<float[4, 3] w = {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8, -0.9, 1.0, 1.1, -1.2}, float[3] b = {0.5, -0.5, 0.25}>
+{
+    r = Relu(x)
+    m = MatMul(r, w)
+    add_17 = Add(m, b)
+}
+"""
+
+
+@pytest.fixture
+def tiny_model() -> onnx.ModelProto:
+    return model_from_text(TINY_TEXT)
+
+
+@pytest.fixture
+def tiny_path(tmp_path: Path, tiny_model: onnx.ModelProto) -> Path:
+    path = tmp_path / "tiny.onnx"
+    onnx.save(tiny_model, str(path))
+    return path
+
+
+@pytest.fixture
+def write_plugin(tmp_path: Path):
+    """Write a plugin file from source text; return its path."""
+
+    def write(name: str, source: str) -> Path:
+        path = tmp_path / f"{name}.py"
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def cli():
+    """Run the surgeon command line in a fresh process."""
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "surgeon", *map(str, args)], capture_output=True, text=True,
+                              env=env, cwd=cwd, timeout=600)
+
+    return run
