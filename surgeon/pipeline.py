@@ -134,6 +134,11 @@ class RunContext:
         path.mkdir(exist_ok=True)
         return path
 
+    @property
+    def converted_saved_model(self) -> Path | None:
+        """The SavedModel converted in this run, or None when no writer asked for one (nothing is converted)."""
+        return self._saved_model
+
     def saved_model(self) -> Path:
         """The SavedModel converted from ``self.model``: converted on first use, then shared."""
         if self._saved_model is None:

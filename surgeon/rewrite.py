@@ -8,9 +8,11 @@ when they fail the passes are replayed one by one to name the culprit.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +57,11 @@ def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mode
     """Apply ``steps`` in order; return the rewritten model and a record per pass."""
     if not steps:
         return model, []
+    with gc_paused():
+        return _run_passes(model, steps)
+
+
+def _run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.ModelProto, list[PassRecord]]:
     graph = gs.import_onnx(model)
     records = []
     before = Snapshot(graph)
@@ -66,14 +73,29 @@ def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mode
         log.info("  %-16s %s (%.2fs)", rewrite.name, record.summary(), record.seconds)
         records.append(record)
         before = after
-    rewritten = export(graph, model)
-    problem = validation_problem(rewritten)
+    rewritten, problem = export_and_check(graph, model)
     if problem:
-        if validation_problem(model):
+        if rewritten is not None and validation_problem(model):
             log.warning("the model fails the ONNX checks before and after the rewrites: %s", problem)
         else:
             raise blame(model, steps)
     return rewritten, records
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a graph is imported, rewritten and exported.
+
+    An onnx-graphsurgeon graph is millions of small linked objects; every
+    collection walks them all, for nothing, since they stay alive until export.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
@@ -94,16 +116,20 @@ def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
     return details
 
 
-def export(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+def export_and_check(graph: gs.Graph, original: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
+    """Clean up, sort and export ``graph``; then the ONNX checker and strict shape inference.
+
+    Returns the model (None when it cannot be exported) and the first problem found.
+    """
     try:
-        graph.cleanup().toposort()
+        graph.cleanup().toposort()  # toposort raises on a cycle
         model = gs.export_onnx(graph)
     except Exception as error:
-        raise SurgeonError(f"exporting the rewritten graph failed: {describe(error)}") from error
+        return None, f"exporting the graph failed: {describe(error)}"
     model.model_version = original.model_version
     model.doc_string = original.doc_string
     model.metadata_props.extend(original.metadata_props)
-    return model
+    return model, validation_problem(model)
 
 
 def validation_problem(model: onnx.ModelProto) -> str | None:
@@ -126,25 +152,30 @@ def blame(model: onnx.ModelProto, steps: Sequence[Step]) -> PluginError:
         graph = gs.import_onnx(model)
         for rewrite, options in steps[:count]:
             apply(rewrite, graph, options)
-        problem = validation_problem(export(graph, model))
+        _, problem = export_and_check(graph, model)
         if problem:
             return PluginError(steps[count - 1][0].name, f"left a graph that fails the ONNX checks: {problem}")
     return PluginError(steps[-1][0].name, "the passes together left a graph that fails the ONNX checks")
 
 
 def structural_problems(graph: gs.Graph, outer: frozenset[int] = frozenset()) -> list[str]:
-    """Dangling inputs, tensors with two producers and cycles, subgraphs included."""
+    """Dangling inputs and tensors with two producers, subgraphs included.
+
+    Cheap enough to run after every pass; cycles and everything else are
+    caught by ``export_and_check`` at the end.
+    """
     problems: list[str] = []
     producers: dict[int, gs.Node] = {}
     for node in graph.nodes:
         for tensor in node.outputs:
             if id(tensor) in producers:
-                problems.append(f"tensor {tensor.name!r} is produced by two nodes, {producers[id(tensor)].name!r} and {node.name!r}")
+                problems.append(f"tensor {tensor.name!r} is produced by two nodes, "
+                                f"{producers[id(tensor)].name!r} and {node.name!r}")
             producers[id(tensor)] = node
-    available = outer | {id(t) for t in graph.inputs}
+    available = outer | {id(t) for t in graph.inputs} | producers.keys()
 
     def known(tensor: gs.Tensor) -> bool:
-        return isinstance(tensor, gs.Constant) or not tensor.name or id(tensor) in available or id(tensor) in producers
+        return id(tensor) in available or not tensor.name or isinstance(tensor, gs.Constant)
 
     for node in graph.nodes:
         for tensor in node.inputs:
@@ -152,32 +183,9 @@ def structural_problems(graph: gs.Graph, outer: frozenset[int] = frozenset()) ->
                 problems.append(f"node {node.name or node.op!r} reads {tensor.name!r}, which nothing produces")
         for value in node.attrs.values():
             if isinstance(value, gs.Graph):
-                problems.extend(structural_problems(value, available | set(producers)))
-    for tensor in graph.outputs:
-        if not known(tensor):
-            problems.append(f"graph output {tensor.name!r} is produced by no node")
-    if not problems and has_cycle(graph, producers):
-        problems.append("the graph has a cycle")
+                problems.extend(structural_problems(value, frozenset(available)))
+    problems.extend(f"graph output {t.name!r} is produced by no node" for t in graph.outputs if not known(t))
     return problems
-
-
-def has_cycle(graph: gs.Graph, producers: dict[int, gs.Node]) -> bool:
-    pending = {id(node): sum(id(t) in producers for t in node.inputs) for node in graph.nodes}
-    consumers: dict[int, list[gs.Node]] = {}
-    for node in graph.nodes:
-        for tensor in node.inputs:
-            if id(tensor) in producers:
-                consumers.setdefault(id(producers[id(tensor)]), []).append(node)
-    ready = [node for node in graph.nodes if pending[id(node)] == 0]
-    visited = 0
-    while ready:
-        node = ready.pop()
-        visited += 1
-        for consumer in consumers.get(id(node), ()):
-            pending[id(consumer)] -= 1
-            if pending[id(consumer)] == 0:
-                ready.append(consumer)
-    return visited != len(graph.nodes)
 
 
 class Snapshot:
@@ -204,7 +212,7 @@ class Snapshot:
 
 
 def _signature(node: gs.Node) -> tuple:
-    attrs = tuple((key, _value_key(value)) for key, value in node.attrs.items())
+    attrs = tuple((key, _value_key(value)) for key, value in node.attrs.items()) if node.attrs else ()
     return (node.op, node.name, node.domain, tuple(map(id, node.inputs)), tuple(map(id, node.outputs)), attrs)
 
 
