@@ -82,7 +82,7 @@ def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
     config = RunConfig(
         source=source,
         output=Path(output),
-        plugins=_names(args.plugins) if args.plugins is not None else list(settings.get("plugins", [])),
+        plugins=_names(args.plugins) if args.plugins is not None else list(settings.get("plugins", _example_plugins(args))),
         options=options.merge(file_options, flag_options, options.parse_set(args.set)),
         verify=False if args.no_verify else settings.get("verify", True),
         device=args.device or (str(settings["device"]) if "device" in settings else None),
@@ -100,6 +100,15 @@ def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
         if value is not None:
             setattr(config, key, value)
     return config
+
+
+def _example_plugins(args: argparse.Namespace) -> list[str]:
+    """A bundled example runs the rewrite plugins it needs unless --plugins says otherwise."""
+    if not args.example:
+        return []
+    from surgeon_plugins import examples
+
+    return list(examples.get(args.example).plugins)
 
 
 def _names(text: str) -> list[str]:

@@ -120,6 +120,9 @@ class RunContext:
     # set by a source that can compute the original outputs (e.g. PyTorch);
     # maps input name -> array to the list of output arrays
     reference: Callable[[dict[str, Any]], list[Any]] | None = None
+    # what a server would load, by stage name (e.g. "saved_model" -> its folder in staging); writers add
+    # to it, and verification runs each in a fresh process
+    served_models: dict[str, Path] = field(default_factory=dict)
     _saved_model: Path | None = None
 
     @property
@@ -133,11 +136,6 @@ class RunContext:
         path = self.staging / ".scratch"
         path.mkdir(exist_ok=True)
         return path
-
-    @property
-    def converted_saved_model(self) -> Path | None:
-        """The SavedModel converted in this run, or None when no writer asked for one (nothing is converted)."""
-        return self._saved_model
 
     def saved_model(self) -> Path:
         """The SavedModel converted from ``self.model``: converted on first use, then shared."""
@@ -192,9 +190,21 @@ def run(config: RunConfig) -> dict[str, Any]:
                 report["parity"] = check_parity(ctx)
         shutil.rmtree(staging / ".scratch", ignore_errors=True)
         report["seconds"]["total"] = round(time.perf_counter() - started, 3)
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_report(staging, report)
+    publishing = [(writer, writer_options) for writer, writer_options in plan.writers if writer.publish]
+    for writer, writer_options in publishing:
+        with blamed_on(writer.name, "publishing"):
+            writer.publish(ctx, writer_options, config.output)
+    if publishing:
+        write_report(config.output, report)
     log.info("wrote %s", config.output)
     return report
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    partial = folder / ".report.json.partial"
+    partial.write_text(json.dumps(report, indent=2) + "\n")
+    partial.replace(folder / "report.json")
 
 
 def _load(source: Source, spec: str, source_options: Any, ctx: RunContext) -> onnx.ModelProto:

@@ -92,10 +92,13 @@ class Writer(Plugin):
     ``write(ctx, options, out_dir)`` writes below ``out_dir`` (a staging
     directory renamed into place when the whole run succeeded). A writer
     with ``needs_saved_model`` gets ``ctx.saved_model()``, converted once
-    and shared by all writers.
+    and shared by all writers. ``publish(ctx, options, out)``, when given, runs
+    after OUT is complete and in place, to copy results somewhere outside it
+    (a live model repository, say).
     """
 
     write: Callable[["RunContext", Any, Path], None]
+    publish: Optional[Callable[["RunContext", Any, Path], None]] = None
     needs_saved_model: bool = False
     kind: ClassVar[str] = "writer"
 
