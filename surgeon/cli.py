@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = commands.add_parser(
         "inspect", help="show a model's inputs, outputs, ops and the hazards plugins would fix", parents=[common])
-    inspect.add_argument("model", metavar="MODEL", help="an .onnx file")
+    inspect.add_argument("model", metavar="MODEL", help="an .onnx file, or a SavedModel folder")
     inspect.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -177,6 +177,11 @@ def _inspect(args: argparse.Namespace) -> int:
     info = inspect(Path(args.model), [Path(p) for p in args.plugin_path])
     if args.json:
         print(json.dumps(info, indent=2))
+        return 0
+    if info["kind"] == "saved_model":
+        from surgeon.saved_model_info import format_description
+
+        print(format_description(info))
         return 0
     opset = ", ".join(f"{domain} {version}" for domain, version in info["opset"].items())
     print(f"{info['path']}: opset {opset}; ir {info['ir_version']}; producer {info['producer'] or '?'}")

@@ -59,6 +59,7 @@ def surgeon_passes() -> Sequence[RewritePass]:
 
     - edits the graph it is given and keeps the model's meaning;
     - may leave dangling nodes and tensors behind (cleanup removes them);
+      the idiom to remove a node is ``node.outputs.clear()``;
     - must not export, re-import or replace the graph object;
     - returns ``None`` or a JSON-serialisable dict of details for
       ``report.json``. Nodes added, removed and rewritten, and renamed graph

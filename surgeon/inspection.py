@@ -38,19 +38,24 @@ def list_plugins(plugin_paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
-    """Inputs, outputs, opset, op histogram and the hazards every installed pass detects."""
-    from surgeon.onnx_io import load_model
+    """For an ONNX file: inputs, outputs, opset, op histogram and the hazards every installed
+    pass detects. For a SavedModel folder: signatures, ops and Python callbacks."""
+    if path.is_dir():
+        from surgeon.saved_model_info import describe
+
+        return {"kind": "saved_model", **describe(path)}
+    from surgeon.onnx_io import load_model, real_inputs
 
     model = load_model(path)
     registry = discover(plugin_paths)
     graph = model.graph
-    initializers = {init.name for init in graph.initializer}
     return {
+        "kind": "onnx",
         "path": str(path),
         "opset": {entry.domain or "ai.onnx": entry.version for entry in model.opset_import},
         "ir_version": model.ir_version,
         "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "inputs": [_value(v) for v in graph.input if v.name not in initializers],
+        "inputs": [_value(v) for v in real_inputs(model)],
         "outputs": [_value(v) for v in graph.output],
         "nodes": len(graph.node),
         "ops": dict(Counter(node.op_type for node in graph.node).most_common()),

@@ -192,8 +192,9 @@ class Snapshot:
     """The nodes of a graph and the names of its inputs and outputs at one moment."""
 
     def __init__(self, graph: gs.Graph) -> None:
-        # keep the node objects alive, so their ids cannot be reused
-        self.nodes = {id(node): (node, _signature(node)) for node in graph.nodes}
+        # keep the node objects alive, so their ids cannot be reused; a node whose
+        # outputs were cleared is removed (cleanup drops it at export)
+        self.nodes = {id(node): (node, _signature(node)) for node in graph.nodes if node.outputs}
         self.io = [(tensor, tensor.name) for tensor in (*graph.inputs, *graph.outputs)]
 
     def diff(self, after: Snapshot, rewrite: RewritePass, options: Any, seconds: float, details: dict | None) -> PassRecord:
