@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", metavar="MODEL", help="an .onnx file, or a SavedModel folder")
     inspect.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    new_plugin = commands.add_parser(
+        "new-plugin", help="write a ready-to-install rewrite-plugin package (pass, detector, test, entry point)",
+        parents=[common])
+    new_plugin.add_argument("name", metavar="NAME", help="the plugin's name, e.g. fold_bn")
+    new_plugin.add_argument("--dir", default=".", metavar="PARENT", help="where to create surgeon-NAME/ (default: .)")
     return parser
 
 
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(getattr(args, "verbose", False))
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return {"run": _run, "plugins": _plugins, "inspect": _inspect}[args.command](args)
+        commands = {"run": _run, "plugins": _plugins, "inspect": _inspect, "new-plugin": _new_plugin}
+        return commands[args.command](args)
     except SurgeonError as error:
         _fail(args, error, str(error))
         return error.exit_code
@@ -201,3 +207,11 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"warning: plugin {broken['origin']} is broken: {broken['reason']}", file=sys.stderr)
     return 0
 
+
+def _new_plugin(args: argparse.Namespace) -> int:
+    from surgeon.scaffold import new_plugin
+
+    folder = new_plugin(args.name, Path(args.dir))
+    print(f"wrote {folder}; next:\n  cd {folder} && pip install -e '.[test]' && python -m pytest\n"
+          f"  surgeon run model.onnx -o out/ --plugins {args.name}")
+    return 0

@@ -66,9 +66,9 @@ def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
 
 def findings(model: Any, registry: Registry) -> list[dict[str, str]]:
     """Run every installed pass's detector with default options."""
-    import onnx_graphsurgeon as gs
+    from surgeon.rewrite import import_graph
 
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     found = []
     for rewrite in registry.passes.values():
         with blamed_on(rewrite.name, "detect()"):

@@ -18,11 +18,14 @@ from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from surgeon.errors import PluginError, SurgeonError, blamed_on, describe
 from surgeon.plugin import RewritePass
 
 log = logging.getLogger("surgeon")
+# onnx-graphsurgeon prints its warnings on stdout; they mean nothing to surgeon's users
+G_LOGGER.severity = G_LOGGER.ERROR
 
 Step = tuple[RewritePass, Any]
 
@@ -62,7 +65,7 @@ def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mode
 
 
 def _run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.ModelProto, list[PassRecord]]:
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     records = []
     before = Snapshot(graph)
     for rewrite, options in steps:
@@ -80,6 +83,11 @@ def _run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mod
         else:
             raise blame(model, steps)
     return rewritten, records
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """The onnx-graphsurgeon graph of ``model`` (shared by the pass runner and the detectors)."""
+    return gs.import_onnx(model)
 
 
 @contextmanager
@@ -149,7 +157,7 @@ def validation_problem(model: onnx.ModelProto) -> str | None:
 def blame(model: onnx.ModelProto, steps: Sequence[Step]) -> PluginError:
     """Replay the passes with the full checks after each; name the first that fails them."""
     for count in range(1, len(steps) + 1):
-        graph = gs.import_onnx(model)
+        graph = import_graph(model)
         for rewrite, options in steps[:count]:
             apply(rewrite, graph, options)
         _, problem = export_and_check(graph, model)

@@ -134,3 +134,49 @@ def _read_tensor(path: Any) -> onnx.TensorProto:
 
 def _index(path: Any) -> int:
     return int(path.stem.rsplit("_", 1)[1])
+
+
+@dataclasses.dataclass
+class BackendRun:
+    """A pass run over backend node test cases: what it touched and what still matches."""
+
+    touched: list[str] = dataclasses.field(default_factory=list)
+    passed: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # case -> why
+    not_runnable: dict[str, str] = dataclasses.field(default_factory=dict)  # onnxruntime fails the original
+
+    def summary(self) -> str:
+        return (f"{len(self.passed)} passed, {len(self.failed)} failed; touched {len(self.touched)}; "
+                f"{len(self.not_runnable)} not runnable on onnxruntime before the pass")
+
+
+def run_pass_on_backend_cases(rewrite: str | RewritePass, prefixes: Iterable[str] = ("",), atol: float = 1e-4,
+                              rtol: float = 1e-3, **raw_options: Any) -> BackendRun:
+    """Apply the pass to each backend case and check the rewritten model against the expected outputs.
+
+    Cases onnxruntime cannot run even before the pass are set aside, with the reason.
+    """
+    from surgeon.errors import describe
+
+    result = BackendRun()
+    for case in backend_node_cases(prefixes):
+        try:
+            run_onnx(case.model, case.inputs)
+        except Exception as error:
+            result.not_runnable[case.name] = describe(error)
+            continue
+        try:
+            rewritten, record = apply_pass_with_record(rewrite, case.model, **raw_options)
+            if record.changed:
+                result.touched.append(case.name)
+            outputs = run_onnx(rewritten, case.inputs)
+        except Exception as error:
+            result.failed[case.name] = describe(error)
+            continue
+        rows = compare(case.name, 1, outputs, case.outputs, atol, rtol)
+        bad = [row for row in rows if not row["ok"]]
+        if bad:
+            result.failed[case.name] = bad[0].get("error") or f"output {bad[0]['output']} differs by {bad[0]['max_abs']:.3g}"
+        else:
+            result.passed.append(case.name)
+    return result
