@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--atol", type=float, help="absolute tolerance of the parity check (default 1e-4)")
     run.add_argument("--rtol", type=float, help="relative tolerance of the parity check (default 1e-3)")
     run.add_argument("--device", metavar="cpu|N", help="the one device TensorFlow may use")
+    run.add_argument("--max-tensor-gib", type=float, metavar="GIB",
+                     help="refuse models with a tensor larger than this (default 8)")
     run.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
                      help="load plugins from a Python file; repeatable")
     run.add_argument("--config", metavar="FILE.toml", help="a pipeline file; command-line flags override it")

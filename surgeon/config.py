@@ -34,6 +34,7 @@ else:
 SETTINGS: dict[str, type | tuple[type, ...]] = {
     "source": str, "output": str, "plugins": list, "format": list, "batch_sizes": list, "verify": bool,
     "atol": (int, float), "rtol": (int, float), "device": (str, int), "converter": str, "plugin_path": list,
+    "max_tensor_gib": (int, float),
     "force": bool,
 }
 
@@ -93,7 +94,7 @@ def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
         config.formats = _names(args.format) if args.format else list(settings["format"])
     sizes = _positive_ints("--batch-sizes", args.batch_sizes) if args.batch_sizes else settings.get("batch_sizes")
     config.batch_sizes = list(sizes) if sizes else None
-    for key in ("atol", "rtol", "converter"):
+    for key in ("atol", "rtol", "converter", "max_tensor_gib"):
         value = getattr(args, key, None)
         if value is None:
             value = settings.get(key)

@@ -93,3 +93,33 @@ def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The graph inputs a caller feeds: inputs that are not also initializers (old exporters list those too)."""
     initializers = {init.name for init in model.graph.initializer}
     return [value for value in model.graph.input if value.name not in initializers]
+
+
+def oversized_tensor(model: onnx.ModelProto, budget_bytes: int) -> str | None:
+    """The first tensor whose statically known size exceeds ``budget_bytes``, described; else None.
+
+    Shapes come from ONNX shape inference with data propagation, so a
+    ``ConstantOfShape`` of ``[2^30, 2^30]`` is caught before anything tries
+    to allocate it.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:
+        inferred = model  # unknown shapes are checked where they are known
+    graph = inferred.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        tensor_type = value.type.tensor_type
+        dims = tensor_type.shape.dim
+        if not tensor_type.HasField("shape") or not all(dim.HasField("dim_value") for dim in dims):
+            continue
+        elements = 1
+        for dim in dims:
+            elements *= dim.dim_value
+        try:
+            item = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            item = 1
+        if elements * item > budget_bytes:
+            shape = [dim.dim_value for dim in dims]
+            return f"tensor {value.name!r} of shape {shape} would take {elements * item / 2**30:.3g} GiB"
+    return None

@@ -23,6 +23,7 @@ from surgeon import __version__, device, options, output
 from surgeon.discovery import Registry, discover
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
 from surgeon.plugin import Converter, RewritePass, Source, Writer
+from surgeon.onnx_io import oversized_tensor
 from surgeon.rewrite import run_passes
 from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, check_parity
 
@@ -47,6 +48,7 @@ class RunConfig:
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     device: str | None = None
+    max_tensor_gib: float = 8.0
     converter: str = DEFAULT_CONVERTER
     plugin_paths: list[Path] = field(default_factory=list)
     force: bool = False
@@ -181,6 +183,10 @@ def run(config: RunConfig) -> dict[str, Any]:
         with stage(report, "rewrite", f"rewriting: {names}"):
             ctx.model, records = run_passes(ctx.source_model, plan.passes)
         report["plugins"] = [record.__dict__ for record in records]
+        oversized = oversized_tensor(ctx.model, int(config.max_tensor_gib * 2**30))
+        if oversized:
+            raise SurgeonError(f"{config.source}: {oversized}, over the budget of {config.max_tensor_gib:g} GiB",
+                               hint="raise it with --max-tensor-gib if the machine really has the memory")
         for writer, writer_options in plan.writers:
             with stage(report, f"write_{writer.name}", f"writing {writer.name}"):
                 with blamed_on(writer.name, "writing"):
