@@ -66,10 +66,16 @@ class RewritePass(Plugin):
     ``run(graph, options)`` edits the onnx-graphsurgeon graph in place and may
     return a dict of details for the report. ``detect(graph, options)``
     returns the hazards this pass would fix, without changing the graph.
+
+    A pass that changes what the model takes (baking preprocessing in, say)
+    gives ``original_inputs(inputs, options)``: from the arrays fed to the
+    graph after the pass, the arrays the graph before it needs to compute the
+    same outputs. Verification feeds the source model through it.
     """
 
     run: Callable[["gs.Graph", Any], Optional[dict]]
     detect: Callable[["gs.Graph", Any], list[Finding]] = lambda graph, options: []
+    original_inputs: Optional[Callable[[list, Any], list]] = None
     kind: ClassVar[str] = "pass"
 
 

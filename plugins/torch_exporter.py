@@ -1,0 +1,346 @@
+"""torch: a PyTorch model to ONNX, the first script of the original recipe.
+
+SOURCE names a factory that returns an ``nn.Module``: ``path/file.py:NAME``
+or ``package.module:NAME`` (called with ``--set torch.kwargs=JSON``), or a
+bundled example ``example:NAME`` (``--example NAME``). The weights come
+from ``--weights CKPT`` (a state_dict, loaded with ``weights_only=True``,
+see ``checkpoints``). The model is exported with ``torch.onnx.export`` at
+the shapes given, as the recipe did, so the batch is fixed (DESIGN.md F4):
+``dynamic_batch`` then makes it dynamic, or ``dynamic_batch_export=true``
+asks the exporter for a dynamic batch axis.
+
+Input shapes (``--input-shape``, repeatable, or ``--set torch.input_shapes=A,B``)
+are sizes separated by commas or ``x``, optionally after a dtype and a colon:
+``1,3,224,224``, ``1x3x224x224``, ``int64:1,16``. With ``--set``, where commas
+separate the shapes, write the sizes with ``x``.
+
+The PyTorch model itself becomes the reference of the parity check.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+from surgeon import Source, SurgeonError, UsageError, hookimpl
+from surgeon.errors import describe
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    import torch
+
+    from surgeon.pipeline import RunContext
+
+log = logging.getLogger("surgeon")
+
+# onnx-tf 1.10 has no handler for Squeeze-13 and Unsqueeze-13 (DESIGN.md F11)
+DEFAULT_OPSET = 12
+EXAMPLE_PREFIX = "example:"
+MODULE_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+
+def parse_input_shape(text: str) -> InputSpec:
+    """``"1,3,224,224"``, ``"1x3x224x224"`` or ``"int64:1,16"`` -> an InputSpec."""
+    dtype, _, sizes = text.rpartition(":")
+    dtype = dtype.strip() or "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"input shape {text!r}: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+    try:
+        shape = tuple(int(size) for size in re.split(r"[,x\s]+", sizes.strip()))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise ValueError(f"input shape {text!r}: expected positive sizes such as 1,3,224,224 or int64:1x16")
+    return InputSpec(shape, dtype)
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    weights: str | None = field(default=None, metadata={
+        "doc": "checkpoint holding a state_dict (also --weights); none: the factory's own weights"})
+    input_shapes: list[str] = field(default_factory=list, metadata={
+        "doc": "one per forward() argument (also --input-shape): 1,3,224,224 or 1x3x224x224, dtype first "
+        "if not float32: int64:1x16"})
+    input_names: list[str] = field(default_factory=list, metadata={
+        "doc": "ONNX input names (default: forward()'s parameter names)"})
+    output_names: list[str] = field(default_factory=list, metadata={
+        "doc": "ONNX output names (default: output, or output_0, output_1, ...)"})
+    opset: int = field(default=DEFAULT_OPSET, metadata={
+        "doc": "ONNX opset; onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13"})
+    dynamo: bool = field(default=False, metadata={
+        "doc": "use the torch.export-based exporter (needs onnxscript), then convert to the opset"})
+    dynamic_batch_export: bool = field(default=False, metadata={
+        "doc": "ask the exporter for a dynamic batch axis instead of exporting at the given shapes"})
+    kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "doc": 'keyword arguments of the factory, as JSON: {"num_classes": 6}'})
+
+    def __post_init__(self) -> None:
+        self.inputs()
+        if self.opset < 7:
+            raise ValueError(f"opset {self.opset}: ONNX export needs opset 7 or later")
+
+    def inputs(self) -> list[InputSpec]:
+        return [parse_input_shape(text) for text in self.input_shapes]
+
+
+def accepts(spec: str) -> bool:
+    target = spec.rpartition(":")[0]
+    return (spec.startswith(EXAMPLE_PREFIX) or spec.endswith(".py") or target.endswith(".py")
+            or bool(MODULE_SPEC.fullmatch(spec)))
+
+
+def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
+    """Build the model, load its weights, export it, and set it as the parity reference."""
+    import torch
+
+    from surgeon.onnx_io import load_model
+    from surgeon_plugins.checkpoints import load_weights
+
+    model, inputs = build(spec, options)
+    if options.weights:
+        load_weights(model, options.weights)
+    model.eval()
+    args = dummy_inputs(inputs)
+    with torch.no_grad():
+        try:
+            outputs = flat_outputs(model(*args))
+        except Exception as error:
+            raise SurgeonError(f"{spec}: the model fails on inputs {describe_inputs(inputs)} ({describe(error)})",
+                               hint="check --input-shape") from None
+    input_names = names_for("input_names", options.input_names, default_input_names(model, len(args)))
+    output_names = names_for("output_names", options.output_names,
+                             ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))])
+    path = ctx.scratch / "torch_export.onnx"
+    started = time.perf_counter()
+    export(model, args, path, input_names, output_names, options)
+    seconds = time.perf_counter() - started
+    ctx.report["export"] = {
+        "exporter": "dynamo" if options.dynamo else "torchscript",
+        "opset": options.opset,
+        "inputs": [{"name": name, "shape": list(i.shape), "dtype": i.dtype} for name, i in zip(input_names, inputs)],
+        "outputs": output_names,
+        "dynamic_batch": options.dynamic_batch_export,
+        "weights": options.weights or "the factory's",
+        "seconds": round(seconds, 3),
+    }
+    log.info("  exported at opset %d with %s batch in %.1fs", options.opset,
+             "a dynamic" if options.dynamic_batch_export else "a fixed", seconds)
+    ctx.reference = reference(model, input_names)
+    return load_model(path)
+
+
+def build(spec: str, options: TorchOptions) -> tuple[torch.nn.Module, list[InputSpec]]:
+    """The model named by ``spec``, and its input specs (an example's default when none are given)."""
+    import torch
+
+    inputs = options.inputs()
+    if spec.startswith(EXAMPLE_PREFIX):
+        from surgeon_plugins.examples import get
+
+        example = get(spec[len(EXAMPLE_PREFIX):])
+        inputs = inputs or [InputSpec(example.input_shape)]
+        kwargs = {"input_shape": inputs[0].shape, **options.kwargs}
+        factory = example.factory
+    else:
+        if not inputs:
+            raise UsageError(f"{spec}: a PyTorch model needs its input shapes",
+                             hint="add --input-shape 1,3,224,224 (once per forward() argument)")
+        kwargs = dict(options.kwargs)
+        factory = find_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except Exception as error:
+        raise SurgeonError(f"{spec}: the factory failed with kwargs {kwargs} ({describe(error)})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise SurgeonError(f"{spec}: the factory returned a {type(model).__name__}, not a torch.nn.Module")
+    return model, inputs
+
+
+def find_factory(spec: str) -> Callable[..., Any]:
+    """The callable named by ``file.py:NAME`` or ``package.module:NAME``."""
+    if spec.endswith(".py"):
+        location, name = spec, ""
+    else:
+        location, _, name = spec.rpartition(":")
+    if location.endswith(".py"):
+        with importable_from(Path(location).parent):
+            module = import_file(Path(location))
+    else:
+        try:
+            module = importlib.import_module(location)
+        except Exception as error:
+            raise SurgeonError(f"{spec}: cannot import {location} ({describe(error)})") from None
+    target: Any = module
+    for part in name.split(".") if name else []:
+        target = getattr(target, part, None)
+    if not name or not callable(target):
+        found = ", ".join(candidates(module)) or "none"
+        raise UsageError(f"{spec}: name a factory in {location} as {location}:NAME "
+                         f"(callables defined there: {found})")
+    return target
+
+
+def import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise SurgeonError(f"{path}: no such file")
+    name = f"surgeon_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look modules up here
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        del sys.modules[name]
+        raise SurgeonError(f"{path}: importing it failed ({describe(error)})") from None
+    return module
+
+
+@contextmanager
+def importable_from(folder: Path) -> Iterator[None]:
+    """Let a model file import its neighbours, as the recipe's ``sys.path.append`` did."""
+    entry = str(folder.resolve())
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        sys.path.remove(entry)
+
+
+def candidates(module: ModuleType) -> list[str]:
+    return [name for name, value in vars(module).items()
+            if callable(value) and not name.startswith("_") and getattr(value, "__module__", None) == module.__name__]
+
+
+def dummy_inputs(inputs: list[InputSpec]) -> list[torch.Tensor]:
+    """Seeded example inputs: normal floats, zero integers (valid indices for any embedding)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for spec in inputs:
+        dtype = getattr(torch, spec.dtype)
+        if dtype.is_floating_point:
+            tensors.append(torch.randn(spec.shape, generator=generator).to(dtype))
+        else:
+            tensors.append(torch.zeros(spec.shape, dtype=dtype))
+    return tensors
+
+
+def describe_inputs(inputs: list[InputSpec]) -> str:
+    return ", ".join(f"{i.dtype}[{','.join(map(str, i.shape))}]" for i in inputs)
+
+
+def default_input_names(model: torch.nn.Module, count: int) -> list[str]:
+    """forward()'s positional parameter names, or input_0, input_1, ... when it takes *args."""
+    parameters = [p.name for p in inspect.signature(model.forward).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(parameters) >= count:
+        return parameters[:count]
+    return ["input"] if count == 1 else [f"input_{i}" for i in range(count)]
+
+
+def names_for(option: str, given: list[str], default: list[str]) -> list[str]:
+    if not given:
+        return default
+    if len(given) != len(default):
+        raise UsageError(f"option torch.{option}: {len(given)} names given for {len(default)} "
+                         f"{option.split('_')[0]}s ({', '.join(given)})")
+    return given
+
+
+def flat_outputs(value: Any) -> list[torch.Tensor]:
+    """The output tensors in the order the exporter flattens them (tuples, lists, dict values)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in flat_outputs(item)]
+    raise SurgeonError(f"the model returns a {type(value).__name__}; ONNX export needs tensors")
+
+
+def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
+           output_names: list[str], options: TorchOptions) -> None:
+    import torch
+
+    dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
+                    if options.dynamic_batch_export else None)
+    if options.dynamo and importlib.util.find_spec("onnxscript") is None:
+        raise SurgeonError("option torch.dynamo: the dynamo exporter needs onnxscript, which is not installed",
+                           hint="pip install onnxscript, or leave torch.dynamo off")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(model, tuple(args), str(path), dynamo=options.dynamo, opset_version=options.opset,
+                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
+        except Exception as error:
+            raise SurgeonError(f"torch.onnx.export failed at opset {options.opset} ({describe(error)})",
+                               hint="another --set torch.opset=N may help") from None
+    for warning in caught:
+        log.debug("torch.onnx.export: %s", warning.message)
+    if options.dynamo:
+        convert_opset(path, options.opset)
+
+
+def convert_opset(path: Path, opset: int) -> None:
+    """Bring the dynamo exporter's model (opset 18 when torch cannot convert it) to ``opset``."""
+    import onnx
+    from onnx import version_converter
+
+    model = onnx.load(str(path))
+    current = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    if current == opset:
+        return
+    try:
+        converted = version_converter.convert_version(model, opset)
+    except Exception as error:
+        raise SurgeonError(f"the dynamo exporter wrote opset {current}, and onnx's version converter cannot "
+                           f"bring it to opset {opset} ({describe(error)})",
+                           hint="leave torch.dynamo off, or choose another torch.opset") from None
+    onnx.save(converted, str(path))
+
+
+def reference(model: torch.nn.Module, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """The PyTorch model as a function of numpy arrays: the parity check's reference.
+
+    Inputs are taken by name, or by position once a rewrite has renamed them.
+    """
+    import torch
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        arrays = [feeds[name] for name in input_names] if set(feeds) == set(input_names) else list(feeds.values())
+        with torch.no_grad():
+            outputs = model(*(torch.from_numpy(array.copy()) for array in arrays))
+        return [tensor.numpy() for tensor in flat_outputs(outputs)]
+
+    return run
+
+
+@hookimpl
+def surgeon_sources():
+    return [Source(name="torch", doc="Export a PyTorch model (file.py:factory, package.module:factory or "
+                   "example:NAME) to ONNX; the model is the parity reference.",
+                   options=TorchOptions, accepts=accepts, load=load)]

@@ -1,0 +1,294 @@
+"""The torch source: factories, checkpoints, shapes, names, opsets, and the PyTorch model as the reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import surgeon
+from surgeon import SurgeonError, UsageError
+from surgeon import options as option_parsing
+from surgeon.testing import run_onnx
+from surgeon_plugins.torch_exporter import DEFAULT_OPSET, InputSpec, TorchOptions, accepts, parse_input_shape
+
+MODELS = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from neighbour import CHANNELS
+
+
+class Classifier(nn.Module):
+    """Max pooling, squeeze-excitation written with unsqueeze, and the recipe's x.view(x.size(0), -1)."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, CHANNELS, 3, padding=1)
+        self.bn = nn.BatchNorm2d(CHANNELS)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.squeeze = nn.Linear(CHANNELS, 2)
+        self.excite = nn.Linear(2, CHANNELS)
+        self.fc = nn.Linear(CHANNELS * 4 * 4, num_classes)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn(self.conv(x))))
+        weights = torch.sigmoid(self.excite(F.relu(self.squeeze(x.mean([2, 3])))))
+        x = x * weights.unsqueeze(-1).unsqueeze(-1)
+        return self.fc(x.view(x.size(0), -1))
+
+
+class TwoInputs(nn.Module):
+    """An image and token ids in; logits and a pooled embedding out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.embed = nn.Embedding(10, 4)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, image, tokens):
+        pooled = self.embed(tokens).mean(1)
+        return self.fc(torch.cat([self.conv(image).mean([2, 3]), pooled], 1)), pooled
+
+
+def build(num_classes=3):
+    torch.manual_seed(7)
+    return Classifier(num_classes)
+
+
+def two_inputs():
+    torch.manual_seed(3)
+    return TwoInputs()
+
+
+def not_a_model():
+    return 3
+'''
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "neighbour.py").write_text("CHANNELS = 4\n")
+    path = folder / "models.py"
+    path.write_text(textwrap.dedent(MODELS))
+    return path
+
+
+def import_models(path: Path):
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("models_under_test", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def all_ok(report: dict) -> bool:
+    return bool(report["parity"]) and all(row["ok"] for row in report["parity"])
+
+
+@pytest.mark.parametrize("spec, accepted", [
+    ("model.py:build", True), ("dir/model.py", True), ("/abs/dir/model.py:Net.create", True),
+    ("torch.nn:Linear", True), ("pkg.sub.mod:factory", True), ("example:ct-position", True),
+    ("example:unknown", True), ("model.onnx", False), ("model.pth", False), ("pkg.mod", False),
+    ("http://host/x", False), ("model", False),
+])
+def test_accepts(spec: str, accepted: bool) -> None:
+    assert accepts(spec) is accepted
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("1,3,224,224", InputSpec((1, 3, 224, 224))),
+    ("1x3x224x224", InputSpec((1, 3, 224, 224))),
+    (" 2, 4 ", InputSpec((2, 4))),
+    ("int64:1,16", InputSpec((1, 16), "int64")),
+    ("float16:1x8", InputSpec((1, 8), "float16")),
+    ("bool:4", InputSpec((4,), "bool")),
+])
+def test_parse_input_shape(text: str, expected: InputSpec) -> None:
+    assert parse_input_shape(text) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1,a,3", "expected positive sizes"), ("1,0,3", "expected positive sizes"), ("", "expected positive sizes"),
+    ("int65:1,3", "unknown dtype 'int65'"),
+])
+def test_bad_input_shapes_name_the_option(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=f"options of plugin 'torch': input shape {text!r}: {message}"):
+        option_parsing.build("torch", TorchOptions, {"input_shapes": [text]})
+
+
+def test_options_from_set_strings() -> None:
+    built = option_parsing.build("torch", TorchOptions, {
+        "input_shapes": "1x3x8x8,int64:1x5", "kwargs": '{"num_classes": 6, "name": "ct"}', "opset": "11",
+        "dynamic_batch_export": "true", "weights": "none", "input_names": "image,tokens",
+    })
+    assert built.inputs() == [InputSpec((1, 3, 8, 8)), InputSpec((1, 5), "int64")]
+    assert built.kwargs == {"num_classes": 6, "name": "ct"}
+    assert (built.opset, built.dynamic_batch_export, built.weights) == (11, True, None)
+    assert built.input_names == ["image", "tokens"]
+    assert TorchOptions().opset == DEFAULT_OPSET == 12
+
+
+def test_file_factory_with_checkpoint_and_renamed_io(models: Path, tmp_path: Path) -> None:
+    """Weights from a DataParallel training checkpoint; parity holds after inputs and outputs are renamed."""
+    trained = import_models(models).build(num_classes=4)
+    torch.manual_seed(11)
+    for parameter in trained.parameters():
+        parameter.data.normal_()
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save({"epoch": 9, "arch": "classifier", "state_dict": torch.nn.DataParallel(trained).state_dict(),
+                "optimizer": {}}, checkpoint)
+    report = surgeon.run(
+        f"{models}:build", tmp_path / "out", plugins=["rename_outputs"], formats=["onnx"],
+        options={"torch": {"weights": str(checkpoint), "input_shapes": ["1,3,8,8"], "kwargs": {"num_classes": 4}},
+                 "rename_outputs": {"names": {"x": "images", "output": "result"}}},
+    )
+    assert all_ok(report)
+    assert report["export"]["inputs"] == [{"name": "x", "shape": [1, 3, 8, 8], "dtype": "float32"}]
+    assert (report["export"]["opset"], report["export"]["weights"]) == (DEFAULT_OPSET, str(checkpoint))
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["images"]
+    assert [o.name for o in model.graph.output] == ["result"]
+    image = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = trained.eval()(torch.from_numpy(image)).numpy()
+    np.testing.assert_allclose(run_onnx(model, [image])[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_two_input_model_with_dynamic_batch_export(models: Path, tmp_path: Path) -> None:
+    report = surgeon.run(
+        f"{models}:two_inputs", tmp_path / "out", formats=["onnx"], batch_sizes=[1, 3],
+        options={"torch": {"input_shapes": ["1,3,8,8", "int64:1,5"], "output_names": ["logits", "pooled"],
+                           "dynamic_batch_export": True}},
+    )
+    assert all_ok(report)
+    assert {row["batch"] for row in report["parity"]} == {1, 3}
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    inputs = {i.name: i.type.tensor_type for i in model.graph.input}
+    assert list(inputs) == ["image", "tokens"]
+    assert inputs["image"].elem_type == onnx.TensorProto.FLOAT
+    assert inputs["tokens"].elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param or d.dim_value for d in inputs["tokens"].shape.dim] == ["batch", 5]
+    assert [o.name for o in model.graph.output] == ["logits", "pooled"]
+    module = import_models(models).two_inputs().eval()
+    image = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    tokens = np.array([[1, 2, 3, 4, 5], [0, 0, 9, 9, 1], [7, 7, 7, 7, 7]], dtype=np.int64)
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(torch.from_numpy(image), torch.from_numpy(tokens))]
+    for got, want in zip(run_onnx(model, [image, tokens]), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_package_module_factory_from_the_command_line(cli, tmp_path: Path) -> None:
+    result = cli("run", "torch.nn:Linear", "--input-shape", "2,4", "--set", 'torch.kwargs={"in_features": 4, '
+                 '"out_features": 3}', "--format", "onnx", "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr and "warn" not in result.stderr.lower()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["source_plugin"] == "torch" and all_ok(report)
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["input"]  # Linear.forward(self, input)
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [2, 3]
+
+
+@pytest.mark.parametrize("spec, options, message", [
+    ("{dir}/missing.py:build", {}, "missing.py: no such file"),
+    ("{models}", {}, r"name a factory in .*models.py as .*models.py:NAME \(callables defined there: "
+                     r"Classifier, TwoInputs, build, two_inputs, not_a_model\)"),
+    ("{models}:nothing", {}, "name a factory in"),
+    ("no_such_package.models:build", {}, "cannot import no_such_package.models"),
+    ("{models}:build", {"kwargs": {"colour": 1}}, r"the factory failed with kwargs \{'colour': 1\} \(TypeError"),
+    ("{models}:not_a_model", {}, "the factory returned a int, not a torch.nn.Module"),
+    ("{models}:build", {"input_shapes": ["1,2,8,8"]}, r"the model fails on inputs float32\[1,2,8,8\]"),
+    ("{models}:build", {"input_shapes": []}, "a PyTorch model needs its input shapes"),
+    ("{models}:build", {"input_names": ["a", "b"]}, r"option torch.input_names: 2 names given for 1 inputs"),
+    ("{models}:build", {"output_names": ["a", "b"]}, r"option torch.output_names: 2 names given for 1 outputs"),
+    ("{models}:build", {"weights": "{dir}/none.pth"}, "checkpoint .*none.pth: no such file"),
+    ("example:ct-scan", {}, "unknown example 'ct-scan'; bundled: ct-position"),
+])
+def test_errors_name_what_is_wrong(models: Path, tmp_path: Path, spec: str, options: dict, message: str) -> None:
+    values = {"input_shapes": ["1,3,8,8"], **options}
+    values = {key: value.format(dir=tmp_path) if isinstance(value, str) else value for key, value in values.items()}
+    with pytest.raises(SurgeonError, match=message):
+        surgeon.run(spec.format(dir=tmp_path, models=models), tmp_path / "out", formats=["onnx"],
+                    options={"torch": values})
+    assert not (tmp_path / "out").exists()
+
+
+def test_default_opset_converts_with_onnx_tf(models: Path, tmp_path: Path) -> None:
+    """Unsqueeze, max pooling and x.view(x.size(0), -1) convert at the default opset, batch fixed or dynamic.
+
+    At opset 13 onnx-tf 1.10 has no Unsqueeze handler: that is why the default is 12.
+    """
+    from onnx_tf.backend import prepare
+
+    module = import_models(models).build().eval()
+    for dynamic in (False, True):
+        out = tmp_path / f"out_{dynamic}"
+        surgeon.run(f"{models}:build", out, formats=["onnx"], verify=False,
+                    options={"torch": {"input_shapes": ["1,3,8,8"], "dynamic_batch_export": dynamic}})
+        converted = prepare(onnx.load(str(out / "model.onnx")))
+        for size in (1, 3) if dynamic else (1,):
+            image = np.random.default_rng(size).standard_normal((size, 3, 8, 8)).astype(np.float32)
+            with torch.no_grad():
+                expected = module(torch.from_numpy(image)).numpy()
+            np.testing.assert_allclose(np.asarray(converted.run({"x": image})[0]), expected, rtol=1e-3, atol=1e-4)
+    surgeon.run(f"{models}:build", tmp_path / "opset13", formats=["onnx"], verify=False,
+                options={"torch": {"input_shapes": ["1,3,8,8"], "opset": 13}})
+    with pytest.raises(Exception, match="Unsqueeze version 13 is not implemented"):
+        prepare(onnx.load(str(tmp_path / "opset13" / "model.onnx"))).run({"x": image[:1]})
+
+
+def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_path: Path) -> None:
+    """End to end: export with a dynamic batch, convert, and check the SavedModel in a fresh process."""
+    report = surgeon.run(f"{models}:build", tmp_path / "out", batch_sizes=[1, 3],
+                         options={"torch": {"input_shapes": ["1,3,8,8"], "dynamic_batch_export": True}})
+    stages = {(row["stage"], row["batch"]) for row in report["parity"]}
+    assert {("saved_model", 1), ("saved_model", 3)} <= stages
+    assert all_ok(report)
+    assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
+
+
+def test_dynamo_exporter(models: Path, tmp_path: Path) -> None:
+    """With onnxscript, the dynamo export lands at the asked opset; without it, the error says what to install."""
+    run = lambda: surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],  # noqa: E731
+                              options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True, "opset": 15}})
+    if importlib.util.find_spec("onnxscript") is None:
+        with pytest.raises(SurgeonError, match="option torch.dynamo: the dynamo exporter needs onnxscript") as caught:
+            run()
+        assert "pip install onnxscript" in str(caught.value)
+    else:
+        assert all_ok(run())
+        model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+        assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [15]
+
+
+def test_accepting_and_listing_do_not_import_torch() -> None:
+    code = textwrap.dedent("""
+        import sys
+        from surgeon_plugins import checkpoints, examples, torch_exporter
+        [source] = torch_exporter.surgeon_sources()
+        assert source.accepts("example:ct-position") and source.accepts("net.py:build")
+        assert examples.get("ct-position").full_input_shape == (1, 1, 128, 128, 128)
+        print(sorted(name for name in ("torch", "tensorflow") if name in sys.modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
