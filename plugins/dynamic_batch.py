@@ -1,0 +1,202 @@
+"""dynamic_batch: make the batch dimension dynamic, correctly (DESIGN.md F3, F4, F5).
+
+Setting the input's batch dim to ``?`` is not enough: tracing bakes the export
+batch into the graph (``x.view(x.size(0), -1)`` becomes a Reshape to
+``[1, -1]``, zeros built from ``x.size(0)`` become constants concatenated with
+batched tensors, attention reshapes use ``x.shape[0]``), and static dims left
+on the outputs make onnx-tf reshape the served output to them.
+
+This pass follows the batch from the inputs through the graph (see
+``batch_flow``), rewrites every constant that carries the export batch where
+the batch flows so that it follows the runtime batch, names the batch dim on
+the inputs, outputs and intermediate shapes, and stops with an error naming
+the node when a model mixes samples or bakes the batch in a way it cannot
+rewrite exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from surgeon import Finding, RewritePass, SurgeonError, hookimpl
+from surgeon_plugins.batch_flow import Batch, Entry, Flow, Term, follow
+
+
+@dataclass(frozen=True)
+class DynamicBatchOptions:
+    name: str = field(default="batch", metadata={"doc": "name given to batch dims that were fixed"})
+    inputs: list[str] = field(default_factory=list,
+                              metadata={"doc": "graph inputs that carry the batch (default: every input)"})
+    axis: int = field(default=0, metadata={"doc": "the batch axis of those inputs"})
+
+    def __post_init__(self) -> None:
+        if self.axis < 0:
+            raise ValueError("axis must be 0 or more")
+        if not self.name:
+            raise ValueError("name must not be empty")
+
+
+def batched_inputs(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], Optional[int]]:
+    """The inputs that carry the batch, and the batch they were exported with (None when already symbolic)."""
+    candidates = [t for t in graph.inputs if isinstance(t, gs.Variable)]
+    if options.inputs:
+        by_name = {t.name: t for t in candidates}
+        unknown = [name for name in options.inputs if name not in by_name]
+        if unknown:
+            raise SurgeonError(f"inputs: the model has no input {unknown[0]!r} "
+                               f"(its inputs: {', '.join(by_name) or 'none'})")
+        chosen = [by_name[name] for name in options.inputs]
+    else:
+        chosen = [t for t in candidates if t.shape is not None and len(t.shape) > options.axis]
+    if not chosen:
+        raise SurgeonError(f"axis: the model has no input with an axis {options.axis}")
+    for tensor in chosen:
+        if tensor.shape is None or len(tensor.shape) <= options.axis:
+            raise SurgeonError(f"axis: input {tensor.name!r} has no axis {options.axis} "
+                               f"(shape {tensor.shape})")
+    sizes = {t.name: t.shape[options.axis] for t in chosen if is_static(t.shape[options.axis])}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name} {size}" for name, size in sizes.items())
+        raise SurgeonError(f"inputs: they disagree on the batch size on axis {options.axis} ({listed})",
+                           hint="name the batched inputs with --set dynamic_batch.inputs=a,b")
+    return chosen, next(iter(sizes.values()), None)
+
+
+def is_static(dim: Any) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
+def analyse(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], Optional[int], Flow]:
+    inputs, export_batch = batched_inputs(graph, options)
+    return inputs, export_batch, follow(graph, inputs, options.axis, export_batch)
+
+
+def shape_updates(graph: gs.Graph, flow: Flow, name: str) -> list[tuple[gs.Variable, list]]:
+    """New shapes for the tensors whose declared shape fixes the batch (symbolic names already there are kept)."""
+    updates = []
+    for tensor in graph.tensors().values():
+        state = flow.state(tensor)
+        if isinstance(tensor, gs.Variable) and isinstance(state, Batch) and tensor.shape is not None \
+                and state.axis < len(tensor.shape) and is_static(tensor.shape[state.axis]):
+            shape = list(tensor.shape)
+            shape[state.axis] = name if state.factor == 1 else None  # a merged axis has no name of its own
+            updates.append((tensor, shape))
+    return updates
+
+
+class Builder:
+    """Makes the tensors that fixes splice in: constants, and the runtime batch size from a batched input."""
+
+    def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
+        self.graph, self.source, self.axis = graph, source, axis
+        self.taken = set(graph.tensors()) | {node.name for node in graph.nodes}
+        self.sizes: dict[int, gs.Tensor] = {}
+
+    def name(self, hint: str) -> str:
+        stem = f"dynamic_batch/{hint}"
+        candidate, suffix = stem, 1
+        while candidate in self.taken:
+            candidate, suffix = f"{stem}_{suffix}", suffix + 1
+        self.taken.add(candidate)
+        return candidate
+
+    def constant(self, values: Any, hint: str) -> gs.Constant:
+        return gs.Constant(self.name(hint), np.ascontiguousarray(values))
+
+    def op(self, op: str, inputs: list[gs.Tensor], hint: str, **attrs: Any) -> gs.Variable:
+        output = gs.Variable(self.name(f"{hint}_output"))
+        self.graph.nodes.append(gs.Node(op, name=self.name(hint), attrs=attrs, inputs=inputs, outputs=[output]))
+        return output
+
+    def batch_size(self, factor: int = 1) -> gs.Tensor:
+        """An int64 [1] tensor holding N * factor, N read from the first batched input."""
+        if factor not in self.sizes:
+            if factor == 1:
+                shape = self.op("Shape", [self.source], "input_shape")
+                if self.graph.opset >= 10:
+                    bounds = [self.constant(np.array([v], np.int64), name) for v, name in
+                              ((self.axis, "batch_start"), (self.axis + 1, "batch_end"))]
+                    self.sizes[1] = self.op("Slice", [shape, *bounds], "batch_size")
+                else:
+                    self.sizes[1] = self.op("Slice", [shape], "batch_size", starts=[self.axis], ends=[self.axis + 1])
+            else:
+                self.sizes[factor] = self.op("Mul", [self.batch_size(), self.constant(np.array([factor], np.int64),
+                                                                                       f"x{factor}")],
+                                             f"batch_size_x{factor}")
+        return self.sizes[factor]
+
+    def shape(self, entries: Sequence[Entry], hint: str) -> gs.Tensor:
+        """An int64 1-D tensor of ``entries`` (ints and Terms): a constant, or a Concat of constants and N * f."""
+        if all(isinstance(e, int) for e in entries):
+            return self.constant(np.array(entries, np.int64), hint)
+        parts: list[gs.Tensor] = []
+        run: list[int] = []
+        for entry in entries:
+            if isinstance(entry, Term):
+                if run:
+                    parts.append(self.constant(np.array(run, np.int64), f"{hint}_part"))
+                    run = []
+                parts.append(self.batch_size(entry.factor))
+            else:
+                run.append(entry)
+        if run:
+            parts.append(self.constant(np.array(run, np.int64), f"{hint}_part"))
+        return self.op("Concat", parts, hint, axis=0)
+
+    def repeat(self, block: gs.Tensor, axis: int, rank: int, inner: int) -> gs.Tensor:
+        """``block`` (one sample, ``inner`` long on ``axis``) repeated for each sample of the runtime batch."""
+        entries: list[Entry] = [1] * rank
+        entries[axis] = Term(1)
+        if inner == 1:
+            return self.op("Expand", [block, self.shape(entries, f"{block.name}_batch_shape")], f"{block.name}_expand")
+        return self.op("Tile", [block, self.shape(entries, f"{block.name}_repeats")], f"{block.name}_tile")
+
+
+def make_dynamic(graph: gs.Graph, options: DynamicBatchOptions) -> Optional[dict]:
+    inputs, export_batch, flow = analyse(graph, options)
+    builder = Builder(graph, inputs[0], options.axis)
+    for fix in flow.fixes:
+        fix.node.inputs[fix.index] = fix.build(builder)
+    updates = shape_updates(graph, flow, options.name)
+    for tensor, shape in updates:
+        tensor.shape = shape
+    if not flow.fixes and not updates:
+        return None
+    return {
+        "export_batch": export_batch,
+        "inputs": [t.name for t in inputs],
+        "rewritten": [f"{fix.where}: {fix.reason}" for fix in flow.fixes],
+        "shapes_updated": len(updates),
+    }
+
+
+def detect(graph: gs.Graph, options: DynamicBatchOptions) -> list[Finding]:
+    try:
+        inputs, export_batch, flow = analyse(graph, options)
+    except SurgeonError as error:
+        return [Finding(where="graph", message=f"the batch cannot be made dynamic: {error}")]
+    updated = {id(tensor) for tensor, _ in shape_updates(graph, flow, options.name)}
+    findings = [Finding(where=f"input {t.name!r}", message=f"batch fixed at {export_batch} on axis {options.axis}; "
+                        f"would become {options.name!r}") for t in inputs if id(t) in updated]
+    findings += [Finding(where=fix.where, message=fix.reason) for fix in flow.fixes]
+    for tensor in graph.outputs:
+        if id(tensor) in updated:
+            axis = flow.state(tensor).axis
+            findings.append(Finding(where=f"output {tensor.name!r}", message=(
+                f"declares a fixed batch of {tensor.shape[axis]} on axis {axis}; onnx-tf would reshape the served "
+                "output to it")))
+    stale = updated - {id(t) for t in (*graph.inputs, *graph.outputs)}
+    if stale:
+        findings.append(Finding(where="value_info", message=f"{len(stale)} intermediate shapes fix the batch"))
+    return findings
+
+
+@hookimpl
+def surgeon_passes():
+    return [RewritePass(name="dynamic_batch", doc="Make the batch dimension dynamic, rewriting what bakes it in.",
+                        options=DynamicBatchOptions, run=make_dynamic, detect=detect)]
