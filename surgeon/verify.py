@@ -2,23 +2,28 @@
 
 Seeded random inputs, shaped and typed from the model, are run at several
 batch sizes through the reference (PyTorch when the source provides it, else
-onnxruntime on the source model) and through each output stage. A stage
-diverges when ``|actual - expected| > atol + rtol * |expected|`` anywhere.
-Per sample, sample i of a batched run must also equal the run of sample i
-alone: a model that mixes samples across the batch fails even when batch 1
-matches.
+onnxruntime on the source model) and through each output stage: onnxruntime
+on the rewritten ONNX, and every model a server would load (the SavedModel,
+a frozen graph), each in a fresh process in graph mode, as a server runs it
+(DESIGN.md F1, F5). A stage diverges when
+``|actual - expected| > atol + rtol * |expected|`` anywhere, or when it fails
+to run. Per sample, sample i of a batched run must also equal the run of
+sample i alone: a model that mixes samples across the batch fails even when
+batch 1 matches.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
-from surgeon.errors import SurgeonError
+from surgeon.errors import SurgeonError, describe
 
 if TYPE_CHECKING:
     from surgeon.pipeline import RunContext
@@ -31,40 +36,118 @@ SEED = 0
 SYMBOLIC_DIM_SIZE = 4
 
 Feed = list[np.ndarray]  # one array per model input, in the model's input order
-Runner = Callable[[Sequence[Feed]], list[list[np.ndarray]]]
+Outputs = list[np.ndarray]  # one array per model output, in the model's output order
+Runner = Callable[[Sequence[Feed]], list[Outputs]]
+
+
+@dataclass(frozen=True)
+class RunFailure:
+    """Why a stage could not answer a feed."""
+
+    message: str
+
+
+Result = Outputs | RunFailure
+Stage = Callable[[Sequence[Feed]], list[Result]]  # called once with every feed of the check
 
 
 def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
     """Compare every stage with the reference; return the parity table or raise on divergence."""
     model = ctx.model
+    atol, rtol = ctx.config.atol, ctx.config.rtol
     sizes = batch_sizes(model, ctx.config.batch_sizes)
-    expected = reference_runner(ctx)
+    by_sample = static_batch(model) is None  # a fixed batch cannot run one sample alone
+    batched = {size: random_feed(model, size) for size in sizes}
+    feeds = []
+    for size, feed in batched.items():
+        feeds.append(feed)
+        if by_sample and size > 1:
+            feeds += [[array[i : i + 1] for array in feed] for i in range(size)]
+    expected = reference_outputs(ctx, batched)
+    names = [value.name for value in model.graph.output]
     table = []
-    for stage_name, runner in stage_runners(ctx):
+    for stage_name, stage in stage_runners(ctx):
+        results = iter(stage(feeds))
         for size in sizes:
-            feed = random_feed(model, size)
-            rows = compare(stage_name, size, runner([feed])[0], expected([feed])[0], ctx.config.atol, ctx.config.rtol)
-            if size > 1:
-                rows += per_sample(stage_name, size, runner, feed, ctx.config.atol, ctx.config.rtol)
-            table.extend(rows)
-            for row in rows:
-                log.info("  %-12s batch %-3d %-14s max abs %.2e  max rel %.2e  %s", row["stage"], row["batch"],
-                         row["check"], row["max_abs"], row["max_rel"], "ok" if row["ok"] else "DIVERGES")
+            got = next(results)
+            table += compare(stage_name, size, got, expected[size], atol, rtol, names=names)
+            if by_sample and size > 1:
+                alone = joined([next(results) for _ in range(size)])
+                table += compare(stage_name, size, got, alone, atol, rtol, check="per-sample", names=names)
+    for line in format_table(table):
+        log.info("%s", line)
     failed = [row for row in table if not row["ok"]]
     if failed:
         first = failed[0]
-        raise SurgeonError(
-            f"verification failed: stage {first['stage']!r} at batch size {first['batch']} ({first['check']}, "
-            f"output {first['output']!r}) differs from the reference by up to {first['max_abs']:.3g} "
-            f"(atol {ctx.config.atol}, rtol {ctx.config.rtol})",
-            hint="nothing was written; --no-verify skips this check",
-        )
+        where = (f"stage {first['stage']!r} at batch size {first['batch']} "
+                 f"({first['check']}, output {first['output']!r})")
+        if "error" in first:
+            message = f"verification failed: {where} fails: {first['error']}"
+        else:
+            message = (f"verification failed: {where} differs from the reference by up to {first['max_abs']:.3g} "
+                       f"(atol {atol}, rtol {rtol})")
+        raise SurgeonError(message, hint=failure_hint(table, first))
     return table
 
 
-def stage_runners(ctx: RunContext) -> list[tuple[str, Runner]]:
-    """The outputs that are checked: the rewritten ONNX, and later stages when present."""
-    return [("onnx", onnxruntime_runner(ctx.model))]
+def failure_hint(table: list[dict[str, Any]], first: dict[str, Any]) -> str:
+    hint = "nothing was written; --no-verify skips this check"
+    at_one = [row for row in table if row["stage"] == first["stage"] and row["batch"] == 1]
+    if first["batch"] > 1 and at_one and all(row["ok"] for row in at_one):
+        return ("batch 1 passes, so the batch size is likely baked into the model (DESIGN.md F4, F5): "
+                f"--plugins dynamic_batch makes it dynamic; {hint}")
+    return hint
+
+
+def stage_runners(ctx: RunContext) -> list[tuple[str, Stage]]:
+    """The checked stages: onnxruntime on the rewritten ONNX, then each served model in a fresh process."""
+    stages: list[tuple[str, Stage]] = [("onnx", each_feed(onnxruntime_runner(ctx.model)))]
+    stages += [(name, fresh_process(path, ctx.model)) for name, path in ctx.served_models.items()]
+    return stages
+
+
+def each_feed(runner: Runner) -> Stage:
+    """Run feed by feed, so that a failing feed is recorded and the others still run."""
+
+    def run(feeds: Sequence[Feed]) -> list[Result]:
+        results: list[Result] = []
+        for feed in feeds:
+            try:
+                results.append(runner([feed])[0])
+            except Exception as error:
+                results.append(RunFailure(describe(error)))
+        return results
+
+    return run
+
+
+def fresh_process(path: Path, model: onnx.ModelProto) -> Stage:
+    """Run a served model in one new process for every feed (see ``surgeon.serving``)."""
+    from surgeon.serving import run_in_fresh_process
+
+    inputs = [value.name for value in _real_inputs(model)]
+    outputs = [value.name for value in model.graph.output]
+
+    def run(feeds: Sequence[Feed]) -> list[Result]:
+        results = run_in_fresh_process(path, feeds, inputs, outputs)
+        return [RunFailure(result) if isinstance(result, str) else result for result in results]
+
+    return run
+
+
+def reference_outputs(ctx: RunContext, batched: dict[int, Feed]) -> dict[int, Outputs]:
+    """What the source computes for each batched feed."""
+    run = reference_runner(ctx)
+    what = "the PyTorch model" if ctx.reference is not None else "onnxruntime on the source model"
+    expected = {}
+    for size, feed in batched.items():
+        try:
+            expected[size] = run([feed])[0]
+        except Exception as error:
+            raise SurgeonError(f"verification: the reference ({what}) cannot run at batch size {size}: "
+                               f"{describe(error)}", hint="--batch-sizes picks others; --no-verify skips the check"
+                               ) from error
+    return expected
 
 
 def reference_runner(ctx: RunContext) -> Runner:
@@ -75,14 +158,14 @@ def reference_runner(ctx: RunContext) -> Runner:
     """
     if ctx.reference is not None:
         reference = ctx.reference
-        names = [i.name for i in ctx.model.graph.input]
+        names = [i.name for i in _real_inputs(ctx.model)]
         return lambda feeds: [list(map(np.asarray, reference(dict(zip(names, feed))))) for feed in feeds]
     source = ctx.source_model
     run = onnxruntime_runner(source)
     if static_batch(source) != 1:
         return run
 
-    def one_by_one(feeds: Sequence[Feed]) -> list[list[np.ndarray]]:
+    def one_by_one(feeds: Sequence[Feed]) -> list[Outputs]:
         results = []
         for feed in feeds:
             samples = [run([[array[i : i + 1] for array in feed]])[0] for i in range(len(feed[0]))]
@@ -102,24 +185,27 @@ def onnxruntime_runner(model: onnx.ModelProto) -> Runner:
     return lambda feeds: [session.run(None, dict(zip(names, feed))) for feed in feeds]
 
 
-def per_sample(stage_name: str, size: int, runner: Runner, feed: Feed, atol: float, rtol: float) -> list[dict]:
-    """Sample i of the batched run must equal the run of sample i alone."""
-    batched, *alone = runner([feed] + [[array[i : i + 1] for array in feed] for i in range(size)])
-    joined = [np.concatenate(parts) for parts in zip(*alone)]
-    return compare(stage_name, size, batched, joined, atol, rtol, check="per-sample")
+def joined(samples: list[Result]) -> Result:
+    """The runs of single samples, concatenated along the batch; the first failure if one failed."""
+    failures = [sample for sample in samples if isinstance(sample, RunFailure)]
+    if failures:
+        return failures[0]
+    return [np.concatenate(parts) for parts in zip(*samples)]
 
 
-def compare(stage_name: str, size: int, actual: list[np.ndarray], expected: list[np.ndarray],
-            atol: float, rtol: float, check: str = "vs reference") -> list[dict[str, Any]]:
-    if len(actual) != len(expected):
-        raise SurgeonError(f"stage {stage_name!r} gives {len(actual)} outputs, the reference {len(expected)}")
+def compare(stage_name: str, size: int, actual: Result, expected: Result, atol: float, rtol: float,
+            check: str = "vs reference", names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per output: max abs and rel error, and whether it is within ``atol + rtol * |expected|``."""
+    failure = next((result.message for result in (actual, expected) if isinstance(result, RunFailure)), None)
+    if failure is None and len(actual) != len(expected):
+        failure = f"{len(actual)} outputs, expected {len(expected)}"
     rows = []
-    for index, (got, want) in enumerate(zip(actual, expected)):
-        got, want = np.asarray(got), np.asarray(want)
-        row = {"stage": stage_name, "batch": size, "check": check, "output": index}
-        if got.shape != want.shape:
-            rows.append({**row, "max_abs": float("inf"), "max_rel": float("inf"), "ok": False,
-                         "error": f"shape {got.shape} != {want.shape}"})
+    for index, name in enumerate(range(len(expected)) if names is None else names):
+        row = {"stage": stage_name, "batch": size, "check": check, "output": name}
+        got, want = (None, None) if failure else (np.asarray(actual[index]), np.asarray(expected[index]))
+        error = failure or (f"output shape {got.shape}, expected {want.shape}" if got.shape != want.shape else None)
+        if error:
+            rows.append({**row, "max_abs": None, "max_rel": None, "ok": False, "error": error})
             continue
         diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
         scale = np.abs(want.astype(np.float64))
@@ -128,6 +214,19 @@ def compare(stage_name: str, size: int, actual: list[np.ndarray], expected: list
         ok = bool(np.all(diff <= atol + rtol * scale)) and not np.isnan(diff).any()
         rows.append({**row, "max_abs": max_abs, "max_rel": max_rel, "ok": ok})
     return rows
+
+
+def format_table(table: list[dict[str, Any]]) -> list[str]:
+    """The parity table as aligned lines for the terminal."""
+    header = ("stage", "batch", "check", "output", "max abs", "max rel", "")
+    lines = [header]
+    for row in table:
+        errors = [f"{row[key]:.2e}" if row[key] is not None else "-" for key in ("max_abs", "max_rel")]
+        verdict = "ok" if row["ok"] else f"FAILS: {row['error']}" if "error" in row else "DIVERGES"
+        lines.append((row["stage"], str(row["batch"]), row["check"], str(row["output"]), *errors, verdict))
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    return ["parity:"] + [("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
+                          .rstrip() for line in lines]
 
 
 def batch_sizes(model: onnx.ModelProto, requested: Sequence[int] | None) -> list[int]:
