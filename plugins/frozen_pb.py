@@ -21,10 +21,8 @@ def write(ctx, options, out_dir: Path) -> None:
     from surgeon.device import quiet_tensorflow
     from surgeon.saved_model_info import SERVE_TAG, SERVING_SIGNATURE
     from surgeon.serving import FROZEN_GRAPH, FROZEN_SIGNATURE
-    from surgeon_plugins.saved_model import check_servable
 
     converted = ctx.saved_model()
-    check_servable(converted, ctx.model, ctx.config.plugins)
     with quiet_tensorflow() as tf:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 

@@ -146,7 +146,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     }
     log.info("  exported at opset %d with %s batch in %.1fs", options.opset,
              "a dynamic" if options.dynamic_batch_export else "a fixed", seconds)
-    ctx.reference = reference(model, input_names)
+    ctx.reference = reference(model)
     return load_model(path)
 
 
@@ -323,17 +323,13 @@ def convert_opset(path: Path, opset: int) -> None:
     onnx.save(converted, str(path))
 
 
-def reference(model: torch.nn.Module, input_names: list[str]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
-    """The PyTorch model as a function of numpy arrays: the parity check's reference.
-
-    Inputs are taken by name, or by position once a rewrite has renamed them.
-    """
+def reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """The PyTorch model as a function of numpy arrays (in input order): the parity check's reference."""
     import torch
 
-    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        arrays = [feeds[name] for name in input_names] if set(feeds) == set(input_names) else list(feeds.values())
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            outputs = model(*(torch.from_numpy(array.copy()) for array in arrays))
+            outputs = model(*(torch.tensor(array) for array in arrays))
         return [tensor.numpy() for tensor in flat_outputs(outputs)]
 
     return run

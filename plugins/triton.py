@@ -62,6 +62,8 @@ def write(ctx, options: TritonOptions, out_dir: Path) -> None:
         (folder / "config.pbtxt").write_text(config_text(ctx.model, model_name, kind, options))
         if kind == "savedmodel":
             link_tree(ctx.saved_model(), folder / version / PLATFORMS[kind][1])
+            if "saved_model" not in ctx.served_models:  # the same SavedModel: verify it once
+                ctx.served_models["triton"] = folder / version / PLATFORMS[kind][1]
         else:
             shutil.copy2(ctx.onnx_path, folder / version / PLATFORMS[kind][1])
 

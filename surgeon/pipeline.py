@@ -119,9 +119,9 @@ class RunContext:
     report: dict[str, Any]
     source_model: onnx.ModelProto | None = None
     model: onnx.ModelProto | None = None
-    # set by a source that can compute the original outputs (e.g. PyTorch);
-    # maps input name -> array to the list of output arrays
-    reference: Callable[[dict[str, Any]], list[Any]] | None = None
+    # set by a source that can compute the original outputs (e.g. PyTorch):
+    # input arrays in the source's input order -> output arrays
+    reference: Callable[[list[Any]], list[Any]] | None = None
     # what a server would load, by stage name (e.g. "saved_model" -> its folder in staging); writers add
     # to it, and verification runs each in a fresh process
     served_models: dict[str, Path] = field(default_factory=dict)

@@ -37,12 +37,12 @@ ceil_pool (float[N, 1, 7, 7] x) => (float[N, 1, 4, 4] y)
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
     """SCORER and CEIL_POOL converted by the real onnx_tf converter: name -> folder."""
-    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, convert
+    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, to_saved_model
 
     folders = {}
     for name, text in (("scorer", SCORER), ("ceil_pool", CEIL_POOL)):
         folders[name] = tmp_path_factory.mktemp(name) / "saved_model"
-        convert(model_from_text(text), OnnxTfOptions(), folders[name], None)
+        to_saved_model(model_from_text(text), OnnxTfOptions(), folders[name])
     return folders
 
 

@@ -46,10 +46,10 @@ hardmax (float[N, 4, 5] x) => (float[N, 4, 5] y) { y = Hardmax <axis = 1> (x) }
 
 def convert(text: str, target):
     """The model, converted by the real onnx_tf converter plugin into ``target``."""
-    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, convert as onnx_tf
+    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, to_saved_model
 
     model = model_from_text(text)
-    onnx_tf(model, OnnxTfOptions(), target, None)
+    to_saved_model(model, OnnxTfOptions(), target)
     return model
 
 
