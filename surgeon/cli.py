@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("surgeon: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `surgeon inspect ... | head`: the reader has gone; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as error:
         _fail(args, error, f"internal error: {describe(error)}\n  hint: --debug shows the traceback")
         return 70
