@@ -54,5 +54,8 @@ def blamed_on(plugin: str, action: str) -> Iterator[None]:
         yield
     except SurgeonError:
         raise
+    except OSError as error:  # a full disk, a permission: the file says more than a traceback
+        where = f" ({error.filename})" if error.filename else ""
+        raise PluginError(plugin, f"{action} failed: {error.strerror or describe(error)}{where}") from error
     except Exception as error:
         raise PluginError(plugin, f"{action} failed: {describe(error)}", hint="--debug shows the traceback") from error

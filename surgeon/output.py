@@ -31,7 +31,9 @@ def staged(target: Path, force: bool) -> Iterator[Path]:
     check_target(target, force)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        sweep_abandoned(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".partial",
+                                        dir=target.parent))
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; servers often run as another user
     except OSError as error:
         raise SurgeonError(f"cannot write output beside {target}: {error.strerror or error}") from None
@@ -40,6 +42,24 @@ def staged(target: Path, force: bool) -> Iterator[Path]:
         replace(staging, target, force)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def sweep_abandoned(target: Path) -> None:
+    """Remove staging folders of ``target`` left by killed runs (their process is gone)."""
+    for folder in target.parent.glob(f".{target.name}.*.partial"):
+        pid = folder.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:

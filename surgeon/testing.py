@@ -180,3 +180,65 @@ def run_pass_on_backend_cases(rewrite: str | RewritePass, prefixes: Iterable[str
         else:
             result.passed.append(case.name)
     return result
+
+
+def mutate(data: bytes, rng: Any, edits: int = 4) -> bytes:
+    """``data`` with up to ``edits`` random byte flips, overwrites, cuts, insertions and deletions (fuzzing)."""
+    mutated = bytearray(data)
+    for _ in range(rng.randint(1, edits)):
+        kind = rng.choice(["flip", "set", "cut", "insert", "delete"])
+        at = rng.randrange(max(len(mutated), 1))
+        if kind == "flip" and mutated:
+            mutated[at] ^= 1 << rng.randrange(8)
+        elif kind == "set" and mutated:
+            mutated[at] = rng.randrange(256)
+        elif kind == "cut":
+            del mutated[at:]
+        elif kind == "insert":
+            mutated[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif kind == "delete":
+            del mutated[at : at + rng.randint(1, 16)]
+    return bytes(mutated)
+
+
+class Hang(Exception):
+    """A command ran past its time bound."""
+
+
+def cli_in_process(*args: Any, seconds: int = 30) -> tuple[int, str]:
+    """Run ``surgeon ARGS`` in this process, raising :class:`Hang` past ``seconds``; return (exit code, stderr)."""
+    import contextlib
+    import io
+    import signal
+
+    from surgeon.cli import main
+
+    def hang(signum: int, frame: Any) -> None:
+        raise Hang(f"surgeon {' '.join(map(str, args))} ran past {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+            code = main([str(arg) for arg in args])
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    return code, stderr.getvalue()
+
+
+def small_cnn() -> onnx.ModelProto:
+    """A tiny image classifier (Conv, Relu, AveragePool, ReduceMean) with a dynamic batch: a fuzzing seed."""
+    weights = ", ".join(str((i % 7 - 3) / 10) for i in range(108))
+    return model_from_text(f"""
+        <ir_version: 8, opset_import: ["" : 13]>
+        small_cnn (float[N, 3, 8, 8] images) => (float[N, 4] logits)
+        <float[4, 3, 3, 3] w = {{{weights}}}, float[4] b = {{0.1, -0.1, 0.2, -0.2}}>
+        {{
+            c = Conv <pads = [1, 1, 1, 1]> (images, w, b)
+            r = Relu(c)
+            p = AveragePool <kernel_shape = [2, 2], strides = [2, 2]> (r)
+            logits = ReduceMean <axes = [2, 3], keepdims = 0> (p)
+        }}
+    """)

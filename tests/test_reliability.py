@@ -1,6 +1,13 @@
 """Attacks on the tool: hostile files, failing disks, interrupted runs."""
 
+import resource
+import signal
+import subprocess
+import sys
+import time
+
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from surgeon.testing import model_from_text
@@ -34,3 +41,86 @@ def test_the_budget_is_configurable(tmp_path, cli):
     result = cli("run", path, "-o", tmp_path / "out", "--format", "onnx", "--max-tensor-gib", "1e-7")
     assert result.returncode == 1 and "tensor 'x' of shape [2, 64] would take" in result.stderr
     assert cli("run", path, "-o", tmp_path / "out", "--format", "onnx", "--max-tensor-gib", "1e-6").returncode == 0
+
+
+# a model big enough that converting it takes a moment and its files outgrow a small size limit
+WIDE = """
+<ir_version: 8, opset_import: ["" : 13]>
+wide (float[N, 512] x) => (float[N, 512] y)
+<float[512, 512] w = {WEIGHTS}>
+{ h = MatMul(x, w)  y = Relu(h) }
+"""
+
+
+@pytest.fixture
+def wide_path(tmp_path):
+    weights = ", ".join(["0.001"] * 512 * 512)
+    path = tmp_path / "wide.onnx"
+    onnx.save(model_from_text(WIDE.replace("WEIGHTS", weights)), str(path))
+    return path
+
+
+def start_run(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "surgeon", "run", *map(str, args)], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_line(process, text, timeout=120):
+    """Read stderr until a line holds ``text``; return what was read."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"never saw {text!r}: {''.join(seen)}")
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_run_stopped_during_conversion_leaves_no_output(wide_path, tmp_path, how):
+    out = tmp_path / "out"
+    process = start_run(wide_path, "-o", out)
+    wait_for_line(process, "converting to TensorFlow")
+    process.send_signal(how)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert not out.exists()
+    if how != signal.SIGKILL:
+        assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
+        assert not list(tmp_path.glob(".out.*"))
+
+
+def test_a_killed_run_leaves_the_previous_output_as_it_was_and_its_leftovers_are_swept(wide_path, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous run")
+    process = start_run(wide_path, "-o", out, "--force")
+    wait_for_line(process, "converting to TensorFlow")
+    process.kill()
+    process.communicate(timeout=120)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (leftover,) = tmp_path.glob(".out.*.partial")
+    result = subprocess.run([sys.executable, "-m", "surgeon", "run", str(wide_path), "-o", str(out), "--force",
+                             "--format", "onnx"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert not leftover.exists()
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
+
+
+def limit_file_size(limit):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.parametrize("formats", ["onnx", "saved_model"])
+def test_a_full_disk_gives_one_clean_error_and_no_output(wide_path, tmp_path, formats):
+    out = tmp_path / "out"
+    size = wide_path.stat().st_size
+    process = start_run(wide_path, "-o", out, "--format", formats, preexec_fn=limit_file_size(size // 2))
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 1, stderr
+    (error,) = [line for line in stderr.splitlines() if line.startswith("surgeon: error: ")]
+    assert "failed: File too large" in error and "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
