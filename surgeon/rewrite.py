@@ -1,9 +1,11 @@
 """Running rewrite passes: import once, run every pass, export once.
 
 An onnx-graphsurgeon round trip costs far more than a pass, so the graph is
-imported once and exported once. Between passes only a cheap structural
-check runs; the ONNX checker and shape inference run once at the end, and
-when they fail the passes are replayed one by one to name the culprit.
+imported once and exported once, and the checks run once, on the result:
+export (which sorts, so finds cycles), the ONNX checker and strict shape
+inference. When they fail, the passes are replayed one at a time with every
+check after each, to name the pass that broke the graph and how. So a broken
+graph costs a replay; a sound one costs nothing more than one set of checks.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
-    """Run one pass and check the graph it leaves; errors name the pass."""
+    """Run one pass; errors name it."""
     try:
         with blamed_on(rewrite.name, "the pass"):
             details = rewrite.run(graph, options)
@@ -115,10 +117,6 @@ def apply(rewrite: RewritePass, graph: gs.Graph, options: Any) -> dict | None:
         if isinstance(error, PluginError):
             raise
         raise PluginError(rewrite.name, str(error)) from error  # several passes run: say which one
-    problems = structural_problems(graph)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise PluginError(rewrite.name, f"left an invalid graph: {problems[0]}{more}")
     if details is not None and not isinstance(details, dict):
         raise PluginError(rewrite.name, f"returned {type(details).__name__}; a pass returns None or a dict")
     return details
@@ -155,23 +153,25 @@ def validation_problem(model: onnx.ModelProto) -> str | None:
 
 
 def blame(model: onnx.ModelProto, steps: Sequence[Step]) -> PluginError:
-    """Replay the passes with the full checks after each; name the first that fails them."""
+    """Replay the passes with all checks after each; name the first that fails them."""
     for count in range(1, len(steps) + 1):
         graph = import_graph(model)
         for rewrite, options in steps[:count]:
             apply(rewrite, graph, options)
+        culprit = steps[count - 1][0].name
+        problems = structural_problems(graph)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            return PluginError(culprit, f"left an invalid graph: {problems[0]}{more}")
         _, problem = export_and_check(graph, model)
         if problem:
-            return PluginError(steps[count - 1][0].name, f"left a graph that fails the ONNX checks: {problem}")
+            return PluginError(culprit, f"left a graph that fails the ONNX checks: {problem}")
     return PluginError(steps[-1][0].name, "the passes together left a graph that fails the ONNX checks")
 
 
 def structural_problems(graph: gs.Graph, outer: frozenset[int] = frozenset()) -> list[str]:
-    """Dangling inputs and tensors with two producers, subgraphs included.
-
-    Cheap enough to run after every pass; cycles and everything else are
-    caught by ``export_and_check`` at the end.
-    """
+    """Dangling inputs and tensors with two producers, subgraphs included: the plainest
+    explanation of a broken graph, used when naming the pass that broke it."""
     problems: list[str] = []
     producers: dict[int, gs.Node] = {}
     for node in graph.nodes:
@@ -200,22 +200,28 @@ class Snapshot:
     """The nodes of a graph and the names of its inputs and outputs at one moment."""
 
     def __init__(self, graph: gs.Graph) -> None:
-        # keep the node objects alive, so their ids cannot be reused; a node whose
-        # outputs were cleared is removed (cleanup drops it at export)
-        self.nodes = {id(node): (node, _signature(node)) for node in graph.nodes if node.outputs}
+        self.nodes = list(graph.nodes)  # alive, so their ids cannot be reused
+        # a node whose outputs were cleared is removed (cleanup drops it at export)
+        self.signatures = {id(node): _signature(node) for node in self.nodes if node.outputs}
         self.io = [(tensor, tensor.name) for tensor in (*graph.inputs, *graph.outputs)]
 
     def diff(self, after: Snapshot, rewrite: RewritePass, options: Any, seconds: float, details: dict | None) -> PassRecord:
-        kept = self.nodes.keys() & after.nodes.keys()
-        renamed = {old: tensor.name for tensor, old in self.io if tensor.name != old}
+        later = after.signatures
+        removed = rewritten = 0
+        for key, signature in self.signatures.items():
+            now = later.get(key)
+            if now is None:
+                removed += 1
+            elif now != signature:
+                rewritten += 1
         return PassRecord(
             name=rewrite.name,
             options=_plain(asdict(options)),
             seconds=round(seconds, 4),
-            nodes_added=len(after.nodes.keys() - kept),
-            nodes_removed=len(self.nodes.keys() - kept),
-            nodes_rewritten=sum(self.nodes[key][1] != after.nodes[key][1] for key in kept),
-            renamed=renamed,
+            nodes_added=len(later) - (len(self.signatures) - removed),
+            nodes_removed=removed,
+            nodes_rewritten=rewritten,
+            renamed={old: tensor.name for tensor, old in self.io if tensor.name != old},
             details=details,
         )
 

@@ -30,7 +30,10 @@ def raise_error(graph, options):
 
 def read_ghost(graph, options):
     ghost = gs.Variable("ghost", dtype=np.float32)
-    graph.nodes.append(gs.Node("Relu", name="dangling", inputs=[ghost], outputs=[gs.Variable("unused")]))
+    out = graph.outputs[0]
+    new = gs.Variable("from_ghost", dtype=out.dtype, shape=out.shape)
+    graph.nodes.append(gs.Node("Add", name="dangling", inputs=[out, ghost], outputs=[new]))
+    graph.outputs[0] = new
 
 
 def unknown_op(graph, options):
