@@ -1,6 +1,7 @@
 """Tally what surgeon answers to mutated models: the counts behind RELIABILITY.md.
 
-Seeded mutations (surgeon.testing.mutate) of a small CNN's bytes go through
+Seeded mutations of a small CNN, half byte edits (surgeon.testing.mutate), half
+structural changes (surgeon.testing.mutate_model), go through
 `surgeon inspect` and `surgeon run --no-verify` in this process, with a time
 bound per case; a sample of them also through the default SavedModel format.
 
@@ -19,10 +20,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from surgeon.testing import Hang, cli_in_process, small_cnn
+from surgeon.testing import Hang, cli_in_process, mutate, mutate_model, small_cnn
 
 RESULTS = Path(__file__).parent / "results" / "fuzz_outcomes.md"
-SEED = small_cnn().SerializeToString()
+SEED = small_cnn()
 
 
 def outcome(code: int, stderr: str) -> str:
@@ -39,14 +40,15 @@ def outcome(code: int, stderr: str) -> str:
 
 
 def tally(cases: int, convert: int, seconds: int) -> dict[str, Counter]:
-    from surgeon.testing import mutate
-
     rng = random.Random(0)
     counts = {"inspect": Counter(), "run --no-verify --format onnx": Counter(), "run --no-verify (SavedModel)": Counter()}
     with tempfile.TemporaryDirectory() as folder:
         path, out = Path(folder) / "fuzzed.onnx", Path(folder) / "out"
         for index in range(cases):
-            path.write_bytes(mutate(SEED, rng, edits=8))
+            # half byte edits, half structural changes that still parse
+            data = mutate(SEED.SerializeToString(), rng, edits=2) if index % 2 else \
+                mutate_model(SEED, rng).SerializeToString()
+            path.write_bytes(data)
             commands = {"inspect": ["inspect", path],
                         "run --no-verify --format onnx": ["run", path, "-o", out, "--no-verify", "--format", "onnx",
                                                           "--force"]}

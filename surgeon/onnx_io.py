@@ -41,9 +41,32 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         onnx.checker.check_model(str(path))
     except Exception as error:
         raise SurgeonError(f"{path}: invalid ONNX model ({describe(error)})") from None
+    problem = nonpositive_attribute(model.graph)
+    if problem:
+        raise SurgeonError(f"{path}: invalid ONNX model ({problem})")
     if any(external_data_helper.uses_external_data(t) for t in _tensors(model.graph)):
         external_data_helper.load_external_data_for_model(model, str(base))
     return model
+
+
+# the ONNX checker lets these be 0 or negative, and onnx's shape inference then
+# divides by them and kills the process (SIGFPE, onnx 1.18)
+POSITIVE_ATTRIBUTES = frozenset({"strides", "dilations", "kernel_shape", "group", "blocksize"})
+
+
+def nonpositive_attribute(graph: onnx.GraphProto) -> str | None:
+    """The first node whose strides, dilations, kernel_shape, group or blocksize is not positive."""
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.name in POSITIVE_ATTRIBUTES:
+                values = list(attribute.ints) if attribute.ints else [attribute.i]
+                if any(value < 1 for value in values):
+                    return f"node {node.name or node.op_type!r}: {attribute.name} must be positive, got {values}"
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                problem = nonpositive_attribute(subgraph)
+                if problem:
+                    return problem
+    return None
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from surgeon.errors import PluginError, SurgeonError, blamed_on, describe
+from surgeon.onnx_io import nonpositive_attribute
 from surgeon.plugin import RewritePass
 
 log = logging.getLogger("surgeon")
@@ -140,6 +141,9 @@ def export_and_check(graph: gs.Graph, original: onnx.ModelProto) -> tuple[onnx.M
 
 def validation_problem(model: onnx.ModelProto) -> str | None:
     """What the ONNX checker or strict shape inference says is wrong, if anything."""
+    crasher = nonpositive_attribute(model.graph)  # would kill the process in shape inference
+    if crasher:
+        return crasher
     try:
         onnx.checker.check_model(model)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)

@@ -242,3 +242,35 @@ def small_cnn() -> onnx.ModelProto:
             logits = ReduceMean <axes = [2, 3], keepdims = 0> (p)
         }}
     """)
+
+
+def mutate_model(model: onnx.ModelProto, rng: Any) -> onnx.ModelProto:
+    """A copy of ``model`` with one structural change that byte edits rarely reach (fuzzing):
+    an attribute or dimension changed, an op swapped, an input rewired, a node dropped or doubled."""
+    mutated = onnx.ModelProto()
+    mutated.CopyFrom(model)
+    graph = mutated.graph
+    nodes = list(graph.node)
+    kind = rng.choice(["attribute", "dim", "op", "rewire", "drop", "double"])
+    node = rng.choice(nodes) if nodes else None
+    if kind == "attribute" and node is not None and node.attribute:
+        attribute = rng.choice(list(node.attribute))
+        if attribute.ints:
+            attribute.ints[rng.randrange(len(attribute.ints))] = rng.choice([-1, 0, 1, 2, 7, 2**31 - 1])
+        else:
+            attribute.i = rng.choice([-1, 0, 1, 2, 2**40])
+    elif kind == "dim":
+        values = [*graph.input, *graph.output]
+        dims = [dim for value in values for dim in value.type.tensor_type.shape.dim]
+        if dims:
+            rng.choice(dims).dim_value = rng.choice([0, 1, 3, 2**20])
+    elif kind == "op" and node is not None:
+        node.op_type = rng.choice(["Relu", "Add", "MaxPool", "Reshape", "Squeeze", "Transpose", "Identity", "Gemm"])
+    elif kind == "rewire" and node is not None and node.input:
+        names = [value.name for value in graph.input] + [out for other in nodes for out in other.output]
+        node.input[rng.randrange(len(node.input))] = rng.choice(names + ["nowhere"])
+    elif kind == "drop" and node is not None:
+        graph.node.remove(node)
+    elif kind == "double" and node is not None:
+        graph.node.append(node)
+    return mutated

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surgeon.testing import cli_in_process, mutate, small_cnn
+from surgeon.testing import cli_in_process, mutate, mutate_model, small_cnn
 
-SEED_MODEL = small_cnn().SerializeToString()
+SEED = small_cnn()
+SEED_MODEL = SEED.SerializeToString()
 
 
 def check(data, folder):
@@ -41,9 +42,17 @@ def test_mutated_models_get_a_clear_answer(tmp_path, rng):
     check(mutate(SEED_MODEL, rng, edits=8), tmp_path)
 
 
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(rng=st.randoms(use_true_random=False))
+def test_structurally_mutated_models_get_a_clear_answer(tmp_path, rng):
+    check(mutate_model(SEED, rng).SerializeToString(), tmp_path)
+
+
 @pytest.mark.slow
 @settings(max_examples=2000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(rng=st.randoms(use_true_random=False))
 def test_many_mutated_models_get_a_clear_answer(tmp_path, rng):
     check(mutate(SEED_MODEL, rng, edits=8), tmp_path)
+    check(mutate_model(SEED, rng).SerializeToString(), tmp_path)

@@ -124,3 +124,40 @@ def test_a_full_disk_gives_one_clean_error_and_no_output(wide_path, tmp_path, fo
     (error,) = [line for line in stderr.splitlines() if line.startswith("surgeon: error: ")]
     assert "failed: File too large" in error and "Traceback" not in stderr
     assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("attribute", ["strides", "kernel_shape"])
+def test_a_zero_that_would_crash_onnx_shape_inference_is_refused(tmp_path, cli, attribute):
+    """Found by fuzzing: onnx 1.18's shape inference dies of SIGFPE on a pooling stride of 0."""
+    from surgeon.testing import small_cnn
+
+    model = small_cnn()
+    pool = next(node for node in model.graph.node if node.op_type == "AveragePool")
+    next(a for a in pool.attribute if a.name == attribute).ints[0] = 0
+    path = tmp_path / "zero.onnx"
+    onnx.save(model, str(path))
+    for args in (["inspect", path], ["run", path, "-o", tmp_path / "out"]):
+        result = cli(*args)
+        assert result.returncode == 1, result.stderr
+        assert f"invalid ONNX model (node 'AveragePool': {attribute} must be positive, got [0, 2])" in result.stderr
+
+
+def test_a_pass_that_leaves_a_zero_stride_is_named_not_fatal(tmp_path, write_plugin):
+    import surgeon
+    from surgeon.testing import small_cnn
+
+    plugin = write_plugin("zero", """
+        from surgeon import RewritePass, hookimpl
+
+        def zero_stride(graph, options):
+            next(node for node in graph.nodes if node.op == "AveragePool").attrs["strides"] = [0, 2]
+
+        @hookimpl
+        def surgeon_passes():
+            return [RewritePass(name="zero_stride", doc="Breaks a pooling.", run=zero_stride)]
+    """)
+    path = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn(), str(path))
+    with pytest.raises(surgeon.PluginError, match="plugin 'zero_stride': left a graph that fails the ONNX checks: "
+                                                  "node .*strides must be positive"):
+        surgeon.run(path, tmp_path / "out", plugins=["zero_stride"], plugin_paths=[plugin], formats=["onnx"])
