@@ -183,6 +183,8 @@ def onnx_nodes_behind(calls, model) -> list:
             if node.op_type != POOLING_TYPES.get(pooling_type) or node in found:
                 continue
             attributes = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+            if node.op_type == "AveragePool" and attributes.get("count_include_pad", 0):
+                continue  # onnx-tf runs these natively; py_pool's arguments do not tell them apart
             rank = len(attributes.get("kernel_shape", []))
             settings = (list(attributes.get("kernel_shape", [])), list(attributes.get("strides", [1] * rank)),
                         list(attributes.get("dilations", [1] * rank)), bool(attributes.get("ceil_mode", 0)))
