@@ -33,6 +33,12 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as error:
         raise SurgeonError(f"{path}: not an ONNX model ({describe(error)})") from None
+    try:
+        undecodable = any(isinstance(name, bytes) for name in _names(model.graph))
+    except UnicodeDecodeError:
+        undecodable = True
+    if undecodable:
+        raise SurgeonError(f"{path}: not an ONNX model (a name in it is not valid UTF-8)")
     base = path.resolve().parent
     for tensor in _tensors(model.graph):
         if external_data_helper.uses_external_data(tensor):
@@ -96,6 +102,20 @@ def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> None:
         raise SurgeonError(f"{where} is refused: it resolves to {target}, outside the model's folder")
     if not target.is_file():
         raise SurgeonError(f"{where}: no such file")
+
+
+def _names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
+    """Every name in ``graph``; protobuf hands back bytes for one that is not valid UTF-8."""
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        yield value.name
+        yield from (dim.dim_param for dim in value.type.tensor_type.shape.dim)
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        for attribute in node.attribute:
+            yield attribute.name
+            for subgraph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                yield from _names(subgraph)
+    yield from (tensor.name for tensor in graph.initializer)
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:

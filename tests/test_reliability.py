@@ -161,3 +161,17 @@ def test_a_pass_that_leaves_a_zero_stride_is_named_not_fatal(tmp_path, write_plu
     with pytest.raises(surgeon.PluginError, match="plugin 'zero_stride': left a graph that fails the ONNX checks: "
                                                   "node .*strides must be positive"):
         surgeon.run(path, tmp_path / "out", plugins=["zero_stride"], plugin_paths=[plugin], formats=["onnx"])
+
+
+def test_a_name_that_is_not_utf8_gets_one_message(tmp_path, cli):
+    """Found by fuzzing: protobuf decodes strings late, so a bad dim name crashed a detector."""
+    from surgeon.testing import small_cnn
+
+    data = small_cnn().SerializeToString()
+    assert data.count(b"\x12\x01N") == 2  # dim_param "N" of the input and the output
+    path = tmp_path / "latin1.onnx"
+    path.write_bytes(data.replace(b"\x12\x01N", b"\x12\x01\xc1"))
+    for args in (["inspect", path], ["run", path, "-o", tmp_path / "out"]):
+        result = cli(*args)
+        assert result.returncode == 1
+        assert f"surgeon: error: {path}: not an ONNX model (a name in it is not valid UTF-8)" in result.stderr
