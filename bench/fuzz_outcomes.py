@@ -70,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     counts = tally(args.cases, args.convert, args.seconds)
-    lines = ["# Fuzzing outcomes: mutated bytes of a small CNN", "",
+    lines = ["# Fuzzing outcomes: mutated models (a small CNN)", "",
              f"`python bench/fuzz_outcomes.py --cases {args.cases} --convert {args.convert}` "
              f"({time.perf_counter() - started:.0f} s). Exit 0: accepted (the mutation left a valid model); "
              "1: one message naming the file; 2: usage; 70 or TRACEBACK or HANG would be bugs.", ""]
