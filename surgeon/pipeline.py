@@ -203,7 +203,6 @@ def run(config: RunConfig) -> dict[str, Any]:
             writer.publish(ctx, writer_options, config.output)
     if publishing:
         write_report(config.output, report)
-    log.info("wrote %s", config.output)
     return report
 
 
