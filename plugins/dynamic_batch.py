@@ -24,6 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
+from surgeon.naming import FreshNames
 from surgeon_plugins.batch_flow import Batch, Entry, Flow, Term, follow
 
 
@@ -94,16 +95,8 @@ class Builder:
 
     def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
         self.graph, self.source, self.axis = graph, source, axis
-        self.taken = set(graph.tensors()) | {node.name for node in graph.nodes}
+        self.name = FreshNames(graph, prefix="dynamic_batch/")
         self.sizes: dict[int, gs.Tensor] = {}
-
-    def name(self, hint: str) -> str:
-        stem = f"dynamic_batch/{hint}"
-        candidate, suffix = stem, 1
-        while candidate in self.taken:
-            candidate, suffix = f"{stem}_{suffix}", suffix + 1
-        self.taken.add(candidate)
-        return candidate
 
     def constant(self, values: Any, hint: str) -> gs.Constant:
         return gs.Constant(self.name(hint), np.ascontiguousarray(values))

@@ -46,6 +46,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, hookimpl
+from surgeon.naming import FreshNames
 
 log = logging.getLogger("surgeon")
 
@@ -352,15 +353,8 @@ class Builder:
 
     def __init__(self, graph: gs.Graph) -> None:
         self.graph = graph
-        self.taken = set(graph.tensors()) | {node.name for node in graph.nodes}
+        self.name = FreshNames(graph)
         self.dims: dict[int, gs.Variable] = {}
-
-    def name(self, base: str) -> str:
-        name, index = base, 1
-        while name in self.taken:
-            name, index = f"{base}_{index}", index + 1
-        self.taken.add(name)
-        return name
 
     def const(self, base: str, values: np.ndarray) -> gs.Constant:
         return gs.Constant(self.name(base), np.asarray(values))

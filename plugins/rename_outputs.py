@@ -17,6 +17,7 @@ from functools import lru_cache
 import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
+from surgeon.naming import fresh_name
 
 GOOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 NUMBERED = re.compile(r"(?P<stem>[A-Za-z]+)_\d+")
@@ -73,17 +74,9 @@ def plan(graph: gs.Graph, options: RenameOptions) -> dict[int, tuple[gs.Tensor, 
         for key, (tensor, prefix, index) in io.items():
             if key in renames or is_good(tensor.name):
                 continue
-            new = unique(f"{prefix}_{index}", taken)
-            taken.add(new)
+            new = fresh_name(f"{prefix}_{index}", taken)
             renames[key] = (tensor, new, "generated or invalid name")
     return renames
-
-
-def unique(name: str, taken: set[str]) -> str:
-    candidate, suffix = name, 1
-    while candidate in taken:
-        candidate, suffix = f"{name}_{suffix}", suffix + 1
-    return candidate
 
 
 def rename(graph: gs.Graph, options: RenameOptions) -> None:

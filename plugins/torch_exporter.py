@@ -202,18 +202,14 @@ def find_factory(spec: str) -> Callable[..., Any]:
 
 
 def import_file(path: Path) -> ModuleType:
+    from surgeon.discovery import import_file as import_python_file
+
     if not path.is_file():
         raise SurgeonError(f"{path}: no such file")
-    name = f"surgeon_model_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look modules up here
     try:
-        spec.loader.exec_module(module)
+        return import_python_file(path, "surgeon_model")
     except Exception as error:
-        del sys.modules[name]
         raise SurgeonError(f"{path}: importing it failed ({describe(error)})") from None
-    return module
 
 
 @contextmanager

@@ -123,18 +123,26 @@ def load_file(path: Path) -> ModuleType:
     """Import a ``--plugin-path`` file as a module; errors name the file."""
     if not path.is_file():
         raise UsageError(f"plugin file {path}: no such file")
+    try:
+        return import_file(path, "surgeon_plugin_file")
+    except Exception as error:
+        raise UsageError(f"plugin file {path} failed to import: {describe(error)}") from None
+
+
+def import_file(path: Path, prefix: str) -> ModuleType:
+    """Import the Python file ``path`` as a module named after ``prefix`` and the file; errors propagate."""
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-    module_name = f"surgeon_plugin_file_{path.stem}_{digest}"
+    module_name = f"{prefix}_{path.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise UsageError(f"plugin file {path}: not a Python module")
+        raise ImportError("not a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
     try:
         spec.loader.exec_module(module)
-    except Exception as error:
+    except BaseException:
         del sys.modules[module_name]
-        raise UsageError(f"plugin file {path} failed to import: {describe(error)}") from None
+        raise
     return module
 
 
