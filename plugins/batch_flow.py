@@ -473,11 +473,14 @@ class Flow:
 
 
 def topological(graph: gs.Graph) -> list[gs.Node]:
-    """The nodes in an order where every producer comes before its consumers (without touching the graph)."""
+    """The nodes in an order where every producer comes before its consumers (without touching the graph).
+
+    Nodes whose outputs were cleared (removed by an earlier pass) are left out.
+    """
     producer = {id(t): node for node in graph.nodes for t in node.outputs}
     order: list[gs.Node] = []
     done: set[int] = set()
-    for root in graph.nodes:
+    for root in (node for node in graph.nodes if node.outputs):
         stack = [(root, False)]
         while stack:
             node, expanded = stack.pop()

@@ -62,6 +62,11 @@ def check_input_names(model) -> None:
 
 
 def convert(model, options: OnnxTfOptions, target: Path, ctx) -> None:
+    from surgeon_plugins.opset_compat import explain_unsupported
+
+    unsupported = explain_unsupported(model)  # before TensorFlow is imported: onnx-tf would fail on these
+    if unsupported:
+        raise SurgeonError(unsupported)
     to_saved_model(model, options, target)
     check_servable(target, model, ctx.config.plugins)  # every writer of this SavedModel relies on it
 

@@ -29,10 +29,11 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from surgeon import Source, SurgeonError, UsageError, hookimpl
 from surgeon.errors import describe
@@ -48,6 +49,8 @@ log = logging.getLogger("surgeon")
 
 # onnx-tf 1.10 has no handler for Squeeze-13 and Unsqueeze-13 (DESIGN.md F11)
 DEFAULT_OPSET = 12
+# what torch exports scaled_dot_product_attention, LayerNorm and GELU at; opset_compat lowers it
+OPSET_WITH_COMPAT = 17
 EXAMPLE_PREFIX = "example:"
 MODULE_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -86,8 +89,9 @@ class TorchOptions:
         "doc": "ONNX input names (default: forward()'s parameter names)"})
     output_names: list[str] = field(default_factory=list, metadata={
         "doc": "ONNX output names (default: output, or output_0, output_1, ...)"})
-    opset: int = field(default=DEFAULT_OPSET, metadata={
-        "doc": "ONNX opset; onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13"})
+    opset: Optional[int] = field(default=None, metadata={
+        "doc": f"ONNX opset (default {DEFAULT_OPSET}, or {OPSET_WITH_COMPAT} when opset_compat runs: "
+               "onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
     dynamo: bool = field(default=False, metadata={
         "doc": "use the torch.export-based exporter (needs onnxscript), then convert to the opset"})
     dynamic_batch_export: bool = field(default=False, metadata={
@@ -97,7 +101,7 @@ class TorchOptions:
 
     def __post_init__(self) -> None:
         self.inputs()
-        if self.opset < 7:
+        if self.opset is not None and self.opset < 7:
             raise ValueError(f"opset {self.opset}: ONNX export needs opset 7 or later")
 
     def inputs(self) -> list[InputSpec]:
@@ -117,6 +121,9 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     from surgeon.onnx_io import load_model
     from surgeon_plugins.checkpoints import load_weights
 
+    if options.opset is None:
+        compat = "opset_compat" in ctx.config.plugins  # it brings a newer export within onnx-tf's reach
+        options = dataclasses.replace(options, opset=OPSET_WITH_COMPAT if compat else DEFAULT_OPSET)
     model, inputs = build(spec, options)
     if options.weights:
         load_weights(model, options.weights)

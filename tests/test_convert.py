@@ -325,3 +325,24 @@ def test_one_gpu_or_an_explicit_device_is_left_as_asked(fake_nvidia_smi):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
     with pytest.raises(surgeon.UsageError, match="--device 'gpu1'"):
         device.select("gpu1")
+
+
+SQUEEZE_13 = """
+<ir_version: 8, opset_import: ["" : 13]>
+squeezes (float[N, 4] x) => (float[N, 4] y)
+<int64[1] axis = {1}>
+{ u = Unsqueeze(x, axis)  y = Squeeze(u, axis) }
+"""
+
+
+def test_an_operator_onnx_tf_lacks_is_named_before_tensorflow_with_the_plugin_that_fixes_it(tmp_path):
+    path = tmp_path / "squeeze13.onnx"
+    onnx.save(model_from_text(SQUEEZE_13), str(path))
+    with pytest.raises(surgeon.SurgeonError) as error:
+        surgeon.run(path, tmp_path / "out")
+    assert "Unsqueeze-13 (1 node" in str(error.value) and "Squeeze-13 (1 node" in str(error.value)
+    assert "add opset_compat to --plugins" in str(error.value)
+    assert not (tmp_path / "out").exists()
+    report = surgeon.run(path, tmp_path / "fixed", plugins=["opset_compat"], batch_sizes=[1, 3])
+    assert all(row["ok"] for row in report["parity"]) and {row["stage"] for row in report["parity"]} == {
+        "onnx", "saved_model"}

@@ -650,3 +650,17 @@ def test_every_pytorch_model_serves_at_each_batch_size(cli, tmp_path, name, expo
                "--batch-sizes", ",".join(map(str, SIZES)))
     assert done.returncode == 0, done.stderr
     assert_served_parity(json.loads((tmp_path / "out" / "report.json").read_text()))
+
+
+def test_nodes_removed_by_an_earlier_pass_are_ignored():
+    """A node whose outputs were cleared (the documented way to remove one) is not part of the graph."""
+    from surgeon.rewrite import import_graph
+
+    graph = import_graph(model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4] x) => (float[1, 4] y) { a = Relu(x)  b = Add(a, x)  y = Relu(a) }
+    """))
+    next(node for node in graph.nodes if node.op == "Add").outputs.clear()
+    dynamic = find_pass("dynamic_batch")
+    dynamic.run(graph, dynamic.options())
+    assert [t.shape[0] for t in (*graph.inputs, *graph.outputs)] == ["batch", "batch"]

@@ -142,7 +142,14 @@ def test_options_from_set_strings() -> None:
     assert built.kwargs == {"num_classes": 6, "name": "ct"}
     assert (built.opset, built.dynamic_batch_export, built.weights) == (11, True, None)
     assert built.input_names == ["image", "tokens"]
-    assert TorchOptions().opset == DEFAULT_OPSET == 12
+    assert TorchOptions().opset is None  # chosen per run: see test_the_default_opset_follows_opset_compat
+
+
+@pytest.mark.parametrize(("plugins", "opset"), [([], DEFAULT_OPSET), (["opset_compat"], 17)])
+def test_the_default_opset_follows_opset_compat(tmp_path: Path, plugins: list[str], opset: int) -> None:
+    report = surgeon.run("torch.nn:Linear", tmp_path / "out", plugins=plugins, formats=["onnx"], verify=False,
+                         options={"torch": {"input_shapes": ["2,4"], "kwargs": {"in_features": 4, "out_features": 3}}})
+    assert report["export"]["opset"] == opset
 
 
 def test_file_factory_with_checkpoint_and_renamed_io(models: Path, tmp_path: Path) -> None:
