@@ -80,12 +80,25 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
     with quiet_tensorflow():
         from onnx_tf.backend import prepare
 
+        forget_cached_rnn_cells()
         imported = time.perf_counter()
         representation = prepare(model, logging_level="INFO" if verbose() else "ERROR", auto_cast=options.auto_cast)
         prepared = time.perf_counter()
         export(representation, target)
     log.debug("onnx-tf: import (with TensorFlow) %.1fs, prepare %.1fs, export %.1fs",
               imported - started, prepared - imported, time.perf_counter() - prepared)
+
+
+def forget_cached_rnn_cells() -> None:
+    """onnx-tf keeps the RNN cell of its first conversion on the handler class (``rnn_mixin.rnn``);
+    a later conversion in the same process would capture that cell's variables and fail to save."""
+    from onnx_tf.handlers.backend.rnn_mixin import RNNMixin
+
+    pending = list(RNNMixin.__subclasses__())
+    while pending:
+        handler = pending.pop()
+        pending += handler.__subclasses__()
+        handler.rnn_cell = None
 
 
 def export(representation, target: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from surgeon import SurgeonError
@@ -128,3 +129,14 @@ def test_names_the_signature_lacks_are_a_clear_error(native):
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(SurgeonError, match=f"{tmp_path} cannot be run in a fresh process: .*SavedModel"):
         run_in_fresh_process(tmp_path, [feed(1)], ["x"], ["s"])
+
+
+def test_a_second_recurrent_conversion_in_the_same_process_works(tmp_path):
+    """onnx-tf caches its first RNN cell on the handler class; the converter must forget it (notebooks convert twice)."""
+    import surgeon
+
+    path = tmp_path / "lstm.onnx"
+    onnx.save(model_from_text(RECURRENT), str(path))
+    for attempt in range(2):
+        report = surgeon.run(path, tmp_path / f"out{attempt}", batch_sizes=[2])
+        assert all(row["ok"] for row in report["parity"])
