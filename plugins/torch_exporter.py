@@ -20,7 +20,6 @@ The PyTorch model itself becomes the reference of the parity check.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import logging
 import re
@@ -93,7 +92,7 @@ class TorchOptions:
         "doc": f"ONNX opset (default {DEFAULT_OPSET}, or {OPSET_WITH_COMPAT} when opset_compat runs: "
                "onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
     dynamo: bool = field(default=False, metadata={
-        "doc": "use the torch.export-based exporter (needs onnxscript), then convert to the opset"})
+        "doc": "use the torch.export-based exporter (needs onnxscript: not installable beside TensorFlow 2.15)"})
     dynamic_batch_export: bool = field(default=False, metadata={
         "doc": "ask the exporter for a dynamic batch axis instead of exporting at the given shapes"})
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
@@ -291,9 +290,8 @@ def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_n
 
     dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
                     if options.dynamic_batch_export else None)
-    if options.dynamo and importlib.util.find_spec("onnxscript") is None:
-        raise SurgeonError("option torch.dynamo: the dynamo exporter needs onnxscript, which is not installed",
-                           hint="pip install onnxscript, or leave torch.dynamo off")
+    if options.dynamo:
+        require_dynamo_exporter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -306,6 +304,21 @@ def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_n
         log.debug("torch.onnx.export: %s", warning.message)
     if options.dynamo:
         convert_opset(path, options.opset)
+
+
+def require_dynamo_exporter() -> None:
+    """The dynamo exporter needs onnxscript and onnx-ir, and they need ml-dtypes >= 0.5, which TensorFlow 2.15
+    (and so onnx-tf) refuses: on the pinned stack they cannot share an environment."""
+    try:
+        import onnx_ir  # noqa: F401
+        import onnxscript  # noqa: F401
+    except (ImportError, AttributeError) as error:
+        raise SurgeonError(
+            f"option torch.dynamo: the dynamo exporter cannot run here ({describe(error)}): it needs onnxscript "
+            "and onnx-ir, which need ml-dtypes >= 0.5, while TensorFlow 2.15, which onnx-tf needs, pins 0.3",
+            hint="leave torch.dynamo off (the default), or export with dynamo in another environment and pass the "
+                 ".onnx file with --plugins opset_compat",
+        ) from None
 
 
 def convert_opset(path: Path, opset: int) -> None:

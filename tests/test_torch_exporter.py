@@ -272,18 +272,12 @@ def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_pa
     assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
 
 
-def test_dynamo_exporter(models: Path, tmp_path: Path) -> None:
-    """With onnxscript, the dynamo export lands at the asked opset; without it, the error says what to install."""
-    run = lambda: surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],  # noqa: E731
-                              options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True, "opset": 15}})
-    if importlib.util.find_spec("onnxscript") is None:
-        with pytest.raises(SurgeonError, match="option torch.dynamo: the dynamo exporter needs onnxscript") as caught:
-            run()
-        assert "pip install onnxscript" in str(caught.value)
-    else:
-        assert all_ok(run())
-        model = onnx.load(str(tmp_path / "out" / "model.onnx"))
-        assert [entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")] == [15]
+def test_dynamo_exporter_explains_why_it_cannot_run_beside_tensorflow(models: Path, tmp_path: Path) -> None:
+    with pytest.raises(SurgeonError, match="option torch.dynamo: the dynamo exporter cannot run here") as caught:
+        surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],
+                    options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
+    assert "ml-dtypes >= 0.5, while TensorFlow 2.15, which onnx-tf needs, pins 0.3" in str(caught.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_accepting_and_listing_do_not_import_torch() -> None:
