@@ -7,6 +7,7 @@ outside are refused before a byte of them is read.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from onnx import external_data_helper
 
 from surgeon.errors import SurgeonError, describe
 
+log = logging.getLogger("surgeon")
 # protobuf cannot serialise a message of 2 GiB or more; stay well below it
 INLINE_LIMIT_BYTES = 1_800_000_000
 
@@ -46,7 +48,11 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         onnx.checker.check_model(str(path))
     except Exception as error:
-        raise SurgeonError(f"{path}: invalid ONNX model ({describe(error)})") from None
+        if "deprecated" not in str(error):
+            raise SurgeonError(f"{path}: invalid ONNX model ({describe(error)})") from None
+        # old exporters wrote Upsample and Scatter past their deprecation; opset_compat replaces them,
+        # and the rewritten model is checked again after the passes
+        log.warning("%s: %s", path, describe(error))
     problem = nonpositive_attribute(model.graph)
     if problem:
         raise SurgeonError(f"{path}: invalid ONNX model ({problem})")

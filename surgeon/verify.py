@@ -138,8 +138,8 @@ def fresh_process(path: Path, model: onnx.ModelProto) -> Stage:
 
 def reference_outputs(ctx: RunContext, batched: dict[int, Feed]) -> dict[int, Outputs]:
     """What the source computes for each batched feed."""
-    run = reference_runner(ctx)
-    what = "the PyTorch model" if ctx.reference is not None else "onnxruntime on the source model"
+    run, what = reference_runner(ctx)
+    ctx.report["reference"] = what
     expected = {}
     for size, feed in batched.items():
         try:
@@ -151,8 +151,12 @@ def reference_outputs(ctx: RunContext, batched: dict[int, Feed]) -> dict[int, Ou
     return expected
 
 
-def reference_runner(ctx: RunContext) -> Runner:
-    """PyTorch when the source set ``ctx.reference``; else onnxruntime on the source model.
+def reference_runner(ctx: RunContext) -> tuple[Runner, str]:
+    """PyTorch when the source set ``ctx.reference``; else onnxruntime on the source model; and what it is.
+
+    When onnxruntime refuses the source model (deprecated operators a pass
+    replaced, say), onnxruntime on the rewritten model is the reference: the
+    served models are still checked against it, the rewrite itself is not.
 
     Feeds go through the ``original_inputs`` of the passes that changed what
     the model takes, last pass first. A source model with a fixed batch B
@@ -168,8 +172,14 @@ def reference_runner(ctx: RunContext) -> Runner:
 
     if ctx.reference is not None:
         reference = ctx.reference
-        return lambda feeds: [list(map(np.asarray, reference(source_feed(feed)))) for feed in feeds]
-    run = onnxruntime_runner(ctx.source_model)
+        return (lambda feeds: [list(map(np.asarray, reference(source_feed(feed)))) for feed in feeds],
+                "the PyTorch model")
+    try:
+        run = onnxruntime_runner(ctx.source_model)
+    except Exception as error:
+        log.warning("onnxruntime cannot run the source model (%s); the rewritten model is the reference",
+                    describe(error))
+        return onnxruntime_runner(ctx.model), "onnxruntime on the rewritten model (the source does not run there)"
     fixed = static_batch(ctx.source_model)
 
     def by_sample(feed: Feed) -> Outputs:
@@ -178,7 +188,7 @@ def reference_runner(ctx: RunContext) -> Runner:
         samples = [run([[np.repeat(array[i : i + 1], fixed, axis=0) for array in feed]])[0] for i in range(len(feed[0]))]
         return [np.concatenate([outputs[index][:1] for outputs in samples]) for index in range(len(samples[0]))]
 
-    return lambda feeds: [by_sample(source_feed(feed)) for feed in feeds]
+    return lambda feeds: [by_sample(source_feed(feed)) for feed in feeds], "onnxruntime on the source model"
 
 
 def onnxruntime_runner(model: onnx.ModelProto) -> Runner:

@@ -76,9 +76,15 @@ def test_bad_pipeline_files(tmp_path, cli, content, message, tiny_path):
     (b"", "the file is empty, not an ONNX model"),
     (b"\x00\xff\x13garbage" * 50, "not an ONNX model"),
     (b"hello, I am text\n", "ONNX model"),
+    ("truncated", "not an ONNX model"),
 ])
 def test_bad_model_files_get_one_clear_message(tmp_path, cli, content, message):
     bad = tmp_path / "bad.onnx"
+    if content == "truncated":
+        from surgeon.testing import small_cnn
+
+        whole = small_cnn().SerializeToString()
+        content = whole[: len(whole) // 2]
     bad.write_bytes(content)
     for args in (["inspect", bad], ["run", bad, "-o", tmp_path / "out", "--format", "onnx"]):
         result = cli(*args)

@@ -346,3 +346,17 @@ def test_an_operator_onnx_tf_lacks_is_named_before_tensorflow_with_the_plugin_th
     report = surgeon.run(path, tmp_path / "fixed", plugins=["opset_compat"], batch_sizes=[1, 3])
     assert all(row["ok"] for row in report["parity"]) and {row["stage"] for row in report["parity"]} == {
         "onnx", "saved_model"}
+
+
+def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_servable(tmp_path):
+    """Old exporters wrote Upsample past its deprecation: the ONNX checker refuses it, opset_compat replaces it."""
+    path = tmp_path / "upsample.onnx"
+    onnx.save(onnx.parser.parse_model("""
+        <ir_version: 7, opset_import: ["" : 10]>
+        g (float[N, 2, 3, 3] x) => (float[N, 2, 6, 6] y) <float[4] scales = {1, 1, 2, 2}> {
+            y = Upsample<mode = "nearest">(x, scales)
+        }"""), str(path))
+    report = surgeon.run(path, tmp_path / "out", plugins=["opset_compat"], batch_sizes=[1, 3])
+    assert all(row["ok"] for row in report["parity"])
+    assert report["reference"] == "onnxruntime on the rewritten model (the source does not run there)"
+    assert [n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node] == ["Resize"]
