@@ -46,6 +46,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
+from surgeon.naming import fresh_name
 from surgeon_plugins.onnx_tf_support import ONNX_DOMAINS, Handlers, handlers, since_version
 
 log = logging.getLogger("surgeon")
@@ -249,11 +250,7 @@ class Builder:
         self.graph, self.opset, self.taken = graph, opset, taken
 
     def name(self, base: str) -> str:
-        candidate, suffix = base, 1
-        while candidate in self.taken:
-            candidate, suffix = f"{base}_{suffix}", suffix + 1
-        self.taken.add(candidate)
-        return candidate
+        return fresh_name(base, self.taken)
 
     def const(self, base: str, values: Any, dtype: Any = None) -> gs.Constant:
         return gs.Constant(self.name(base), np.asarray(values, dtype=dtype))
@@ -735,12 +732,17 @@ def normalize(build: Builder, x: gs.Tensor, axes: list[int], epsilon: float, dty
     return normalized, mean, inverse
 
 
-def layer_normalization(node: gs.Node, since: int, opset: int) -> Edit:
-    x, scale, bias = node.inputs[0], node.inputs[1], optional_input(node, 2)
-    axes = trailing_axes(x, node.attrs.get("axis", -1))
+def normalization_settings(node: gs.Node) -> tuple[gs.Tensor, list[int], Any, Any, float]:
+    """Input, normalized axes, element type, compute type and epsilon of a *Normalization node."""
+    x = node.inputs[0]
     dtype = float_type(x)
-    compute = compute_type(dtype, node.attrs.get("stash_type", 1))
-    epsilon = node.attrs.get("epsilon", 1e-5)
+    return (x, trailing_axes(x, node.attrs.get("axis", -1)), dtype,
+            compute_type(dtype, node.attrs.get("stash_type", 1)), node.attrs.get("epsilon", 1e-5))
+
+
+def layer_normalization(node: gs.Node, since: int, opset: int) -> Edit:
+    x, axes, dtype, compute, epsilon = normalization_settings(node)
+    scale, bias = node.inputs[1], optional_input(node, 2)
 
     def edit(node: gs.Node, build: Builder) -> None:
         base = base_name(node)
@@ -757,11 +759,8 @@ def layer_normalization(node: gs.Node, since: int, opset: int) -> Edit:
 
 
 def rms_normalization(node: gs.Node, since: int, opset: int) -> Edit:
-    x, scale = node.inputs[0], node.inputs[1]
-    axes = trailing_axes(x, node.attrs.get("axis", -1))
-    dtype = float_type(x)
-    compute = compute_type(dtype, node.attrs.get("stash_type", 1))
-    epsilon = node.attrs.get("epsilon", 1e-5)
+    x, axes, dtype, compute, epsilon = normalization_settings(node)
+    scale = node.inputs[1]
 
     def edit(node: gs.Node, build: Builder) -> None:
         base = base_name(node)
