@@ -27,8 +27,8 @@ NUMBERED = re.compile(r"(?P<stem>[A-Za-z]+)_\d+")
 class RenameOptions:
     names: dict[str, str] = field(default_factory=dict, metadata={"doc": "explicit renames OLD:NEW"})
     auto: bool = field(default=True, metadata={"doc": "rename generated names to input_N / output_N"})
-    input_prefix: str = "input"
-    output_prefix: str = "output"
+    input_prefix: str = field(default="input", metadata={"doc": "stem of generated input names"})
+    output_prefix: str = field(default="output", metadata={"doc": "stem of generated output names"})
 
 
 @lru_cache(maxsize=1)

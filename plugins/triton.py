@@ -44,8 +44,8 @@ class TritonOptions:
     version: int = field(default=0, metadata={"doc": "version folder (default: 1, or the next free one)"})
     max_batch_size: int = field(default=8, metadata={"doc": "used when the batch is dynamic; 0 when it is fixed"})
     dynamic_batching: bool = field(default=False, metadata={"doc": "let Triton batch requests together"})
-    preferred_batch_sizes: list[int] = field(default_factory=list)
-    max_queue_delay_us: int = 0
+    preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"doc": "with dynamic_batching"})
+    max_queue_delay_us: int = field(default=0, metadata={"doc": "with dynamic_batching: how long to wait for more"})
     instance_count: int = field(default=0, metadata={"doc": "model instances (0: Triton's default)"})
     instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
     onnx: bool = field(default=True, metadata={"doc": "also write <name>_onnx for the ONNX Runtime backend"})
