@@ -32,7 +32,7 @@ mixed samples further on, backtracks to the next (``follow``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -41,6 +41,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import SurgeonError
+from surgeon.shapes import captured, inferred_types, opset_imports, topological
 
 if TYPE_CHECKING:
     from surgeon_plugins.dynamic_batch import Builder
@@ -158,7 +159,7 @@ class Flow:
         self.batch = export_batch or PROBE
         if previous is None:
             self.order = topological(graph)
-            self.types = inferred_types(graph, self.order, batched, axis, self.batch)
+            self.types = inferred_types(graph, self.order, {id(tensor): (axis, self.batch) for tensor in batched})
             self.values: dict[int, Optional[np.ndarray]] = {}
         else:  # static facts do not depend on where the batch flows
             self.order, self.types, self.values = previous.order, previous.types, previous.values
@@ -470,95 +471,6 @@ class Flow:
         if self.export_batch is not None or len(found) != 1:
             self.fail(node, "computes its output shape from the batch in a way dynamic_batch does not follow")
         return found[0]
-
-
-def topological(graph: gs.Graph) -> list[gs.Node]:
-    """The nodes in an order where every producer comes before its consumers (without touching the graph).
-
-    Nodes whose outputs were cleared (removed by an earlier pass) are left out.
-    """
-    producer = {id(t): node for node in graph.nodes for t in node.outputs}
-    order: list[gs.Node] = []
-    done: set[int] = set()
-    for root in (node for node in graph.nodes if node.outputs):
-        stack = [(root, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if id(node) in done:
-                continue
-            if expanded:
-                done.add(id(node))
-                order.append(node)
-                continue
-            stack.append((node, True))
-            for tensor in [*node.inputs, *captured(node)]:
-                before = producer.get(id(tensor))
-                if before is not None and id(before) not in done:
-                    stack.append((before, False))
-    return order
-
-
-def captured(node: gs.Node) -> Iterator[gs.Tensor]:
-    """Tensors the subgraphs of ``node`` read (a superset of the outer tensors they capture)."""
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            for inner in value.nodes:
-                yield from inner.inputs
-                yield from captured(inner)
-
-
-def opset_imports(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
-    imports = list(graph.import_domains or [])
-    if not any(entry.domain in ("", "ai.onnx") for entry in imports):
-        imports.append(onnx.helper.make_opsetid("", graph.opset))
-    return imports
-
-
-def inferred_types(graph: gs.Graph, order: Sequence[gs.Node], batched: Sequence[gs.Tensor], axis: int,
-                   size: int) -> dict[str, tuple[int, Optional[list[Optional[int]]]]]:
-    """Element type and dims of every tensor from ONNX shape inference, the batched inputs at ``size`` on ``axis``.
-
-    Inference runs on a skeleton of the graph: weights are declared as typed
-    inputs rather than copied, since only small constants (shapes, axes)
-    matter by value.
-    """
-    from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
-
-    inputs, initializers = [], []
-    for tensor in graph.inputs:
-        info = OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
-        if any(tensor is b for b in batched):
-            info.type.tensor_type.shape.dim[axis].Clear()
-            info.type.tensor_type.shape.dim[axis].dim_value = size
-        inputs.append(info)
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            if math.prod(tensor.shape) <= 64:
-                initializers.append(OnnxExporter.export_tensor_proto(tensor))
-            else:
-                inputs.append(OnnxExporter.export_value_info_proto(tensor, do_type_check=False))
-    outputs = []
-    for tensor in graph.outputs:
-        info = OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
-        info.type.tensor_type.ClearField("shape")
-        outputs.append(info)
-    nodes = [OnnxExporter.export_node(node) for node in order]
-    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "dims", inputs, outputs, initializers),
-                                   opset_imports=opset_imports(graph))
-    if graph.ir_version:
-        model.ir_version = graph.ir_version
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:
-        inferred = model
-    types = {}
-    for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
-        tensor_type = info.type.tensor_type
-        dims = None
-        if tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-        types[info.name] = (tensor_type.elem_type, dims)
-    return types
 
 
 def evaluate(node: gs.Node, arrays: Sequence[Optional[np.ndarray]], graph: gs.Graph) -> Optional[list[np.ndarray]]:

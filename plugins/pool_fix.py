@@ -178,27 +178,17 @@ def inferred_shapes(graph: gs.Graph, nodes: Sequence[gs.Node]) -> dict[str, tupl
 
     Exporters often leave intermediate shapes out; knowing them tells a
     static input (which onnx-tf pools natively in more cases) and allows a
-    constant divisor. Costs one export of the graph, only when needed.
+    constant divisor. Inference runs only when needed.
     """
     names = {node.inputs[0].name for node in nodes if node.inputs[0].shape is None}
     if not names:
         return {}
     import onnx
 
-    try:
-        model = onnx.shape_inference.infer_shapes(gs.export_onnx(graph, do_type_check=False))
-    except Exception as error:  # an invalid or oversized graph: go on without the shapes
-        log.debug("pool_fix: shape inference failed: %s", error)
-        return {}
-    found = {}
-    for value in (*model.graph.value_info, *model.graph.input, *model.graph.output):
-        tensor_type = value.type.tensor_type
-        if value.name in names and tensor_type.HasField("shape"):
-            shape = [dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None)
-                     for dim in tensor_type.shape.dim]
-            found[value.name] = (shape, onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-                                 if tensor_type.elem_type else None)
-    return found
+    from surgeon.shapes import inferred_types
+
+    return {name: (dims, onnx.helper.tensor_dtype_to_np_dtype(elem_type) if elem_type else None)
+            for name, (elem_type, dims) in inferred_types(graph).items() if name in names and dims is not None}
 
 
 def onnx_tf_trouble(pool: Pool) -> Optional[str]:
