@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgeon import Converter, SurgeonError, hookimpl
+from surgeon.onnx_io import real_inputs
 
 log = logging.getLogger("surgeon")
 # onnx-tf's pooling types (the pooling_type argument of its py_pool) -> ONNX op
@@ -50,9 +51,8 @@ def signature_key_problem(name: str) -> str | None:
 
 
 def check_input_names(model) -> None:
-    initializers = {init.name for init in model.graph.initializer}
-    for value in model.graph.input:
-        problem = value.name not in initializers and signature_key_problem(value.name)
+    for value in real_inputs(model):
+        problem = signature_key_problem(value.name)
         if problem:
             raise SurgeonError(
                 f"input {value.name!r} cannot be a key of the serving signature: {problem}",
@@ -167,9 +167,7 @@ def check_signature(meta_graph, model) -> None:
         raise SurgeonError(f"the converted SavedModel has no {SERVING_SIGNATURE!r} signature "
                            f"(it has: {', '.join(found) or 'none'})")
     signature = found[SERVING_SIGNATURE]
-    initializers = {init.name for init in model.graph.initializer}
-    expected = {"inputs": [value for value in model.graph.input if value.name not in initializers],
-                "outputs": list(model.graph.output)}
+    expected = {"inputs": real_inputs(model), "outputs": list(model.graph.output)}
     for kind, values in expected.items():
         keys = {tensor["name"]: tensor for tensor in signature[kind]}
         if set(keys) != {value.name for value in values}:
