@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,11 @@ def select(device: str | None) -> None:
     """
     if device is not None and device != "cpu" and not device.isdigit():
         raise UsageError(f"--device {device!r}: expected 'cpu' or a GPU index such as 0")
+    present = installed_gpus()
+    if device is not None and device.isdigit() and present is not None and int(device) >= len(present):
+        listed = ", ".join(f"GPU {index}" for index, _ in present) or "none"
+        raise UsageError(f"--device {device}: no such GPU (nvidia-smi -L lists {listed})",
+                         hint="--device cpu converts without a GPU")
     if device is None:
         gpus = visible_gpus()
         if len(gpus) < 2:
@@ -45,25 +51,48 @@ def select(device: str | None) -> None:
 
 
 def visible_gpus() -> list[str]:
-    """The GPUs CUDA would show TensorFlow now, by index or UUID, without importing it."""
+    """The GPUs CUDA would show TensorFlow now, by index or UUID, without importing it.
+
+    CUDA reads CUDA_VISIBLE_DEVICES up to the first entry that names no GPU
+    of this machine (``-1``, or index 1 on a one-GPU machine: read off an H200,
+    tests/data/cuda_visibility.json). Without nvidia-smi, any index or UUID
+    counts as a GPU.
+    """
+    present = installed_gpus()
     restricted = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if restricted is not None:
-        # CUDA stops at the first entry that is not a device, e.g. -1
-        gpus = []
-        for entry in (part.strip() for part in restricted.split(",")):
-            if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
-                break
-            gpus.append(entry)
-        return gpus
+    if restricted is None:
+        return [index for index, _ in present or []]
+    gpus = []
+    for entry in (part.strip() for part in restricted.split(",")):
+        if not names_a_gpu(entry, present):
+            break
+        gpus.append(entry)
+    return gpus
+
+
+def names_a_gpu(entry: str, present: list[tuple[str, str]] | None) -> bool:
+    if entry.startswith("MIG-"):
+        return True
+    if present is None:
+        return entry.isdigit() or entry.startswith("GPU-")
+    if entry.isdigit():
+        return int(entry) < len(present)
+    return entry.startswith("GPU-") and any(uuid.startswith(entry) for _, uuid in present)
+
+
+def installed_gpus() -> list[tuple[str, str]] | None:
+    """(index, UUID) of each GPU ``nvidia-smi -L`` lists, whatever CUDA_VISIBLE_DEVICES says; None without it."""
     nvidia_smi = shutil.which("nvidia-smi")
     if nvidia_smi is None:
-        return []
+        return None
     try:
         listing = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
-        return []
-    lines = [line for line in listing.stdout.splitlines() if line.startswith("GPU ")]
-    return [line[len("GPU "):].split(":", 1)[0] for line in lines] if listing.returncode == 0 else []
+        return None
+    if listing.returncode != 0:
+        return None
+    found = re.findall(r"^GPU (\d+):.*\(UUID: (GPU-[\w-]+)\)", listing.stdout, flags=re.MULTILINE)
+    return [(index, uuid) for index, uuid in found]
 
 
 def verbose() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -58,3 +59,19 @@ def cli():
                               env=env, cwd=cwd, timeout=600)
 
     return run
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Put an nvidia-smi on PATH whose ``-L`` prints ``listing``; CUDA_VISIBLE_DEVICES starts unset."""
+
+    def install(listing: str) -> None:
+        (tmp_path / "nvidia-smi.txt").write_text(listing)
+        script = tmp_path / "nvidia-smi"
+        script.write_text(f"#!/bin/sh\ncat '{tmp_path / 'nvidia-smi.txt'}'\n")
+        script.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the value select() sets is undone after the test
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+
+    return install

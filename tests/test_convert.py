@@ -290,24 +290,12 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, visible, gpus):
     assert device.visible_gpus() == gpus
 
 
-@pytest.fixture
-def fake_nvidia_smi(tmp_path, monkeypatch):
-    """An nvidia-smi on PATH that lists ``count`` GPUs."""
-
-    def install(count: int) -> None:
-        script = tmp_path / "nvidia-smi"
-        lines = "\n".join(f"echo 'GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i}abc)'" for i in range(count))
-        script.write_text(f"#!/bin/sh\n{lines}\n")
-        script.chmod(0o755)
-        monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # so that the value select() sets is undone after the test
-        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-
-    return install
+def h100_listing(count: int) -> str:
+    return "".join(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i}abc)\n" for i in range(count))
 
 
 def test_several_gpus_without_device_use_the_first_and_say_so(fake_nvidia_smi, caplog):
-    fake_nvidia_smi(4)
+    fake_nvidia_smi(h100_listing(4))
     with caplog.at_level("INFO", logger="surgeon"):
         device.select(None)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
@@ -315,10 +303,10 @@ def test_several_gpus_without_device_use_the_first_and_say_so(fake_nvidia_smi, c
 
 
 def test_one_gpu_or_an_explicit_device_is_left_as_asked(fake_nvidia_smi):
-    fake_nvidia_smi(1)
+    fake_nvidia_smi(h100_listing(1))
     device.select(None)
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
-    fake_nvidia_smi(2)
+    fake_nvidia_smi(h100_listing(2))
     device.select("1")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     device.select("cpu")
