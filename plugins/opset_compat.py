@@ -658,6 +658,22 @@ def pool_ceil_mode(node: Any, newer: Schema, older: Schema) -> Optional[Step]:
                                         step and step.what])), floor_mode)
 
 
+def reshape_allowzero(node: Any, newer: Schema, older: Schema) -> Optional[Step]:
+    """Reshape-14's allowzero=1 (a 0 in the shape means 0, as torch's view) is allowzero=0 when no 0 is in it."""
+    if not node.attrs.get("allowzero", 0):
+        return schemas_step(node, newer, older)
+    shape = constant_value(node.inputs[1])
+    if shape is None or not shape.all():
+        where = "is computed at run time" if shape is None else "holds a 0"
+        raise Unfixable(f"allowzero=1 and its shape {where}: {older.name}-{older.since_version} would copy the "
+                        "input's size where a 0 means 0")
+
+    def edit(node: Any, build: Builder) -> None:
+        node.attrs.pop("allowzero")
+
+    return Step("drop allowzero=1 (the shape holds no 0)", edit)
+
+
 StepAdapter = Callable[[Any, Schema, Schema], Optional[Step]]
 REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
               "ReduceProd", "ReduceSumSquare")
@@ -675,6 +691,7 @@ STEPS: dict[tuple[str, int], StepAdapter] = {
     ("Pad", 18): pad_axes,
     ("Pad", 19): refusing("mode", "wrap"),
     ("Shape", 15): shape_slice,
+    ("Reshape", 14): reshape_allowzero,
     ("RoiAlign", 16): roi_align_mode,
     **{(op, 22): pool_ceil_mode for op in ("MaxPool", "AveragePool", "LpPool")},
 }

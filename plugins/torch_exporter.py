@@ -7,7 +7,8 @@ from ``--weights CKPT`` (a state_dict, loaded with ``weights_only=True``,
 see ``checkpoints``). The model is exported with ``torch.onnx.export`` at
 the shapes given, as the recipe did, so the batch is fixed (DESIGN.md F4):
 ``dynamic_batch`` then makes it dynamic, or ``dynamic_batch_export=true``
-asks the exporter for a dynamic batch axis.
+asks the exporter for a dynamic batch axis. ``dynamo=true`` uses the
+torch.export-based exporter instead (see ``dynamo_export``).
 
 Input shapes (``--input-shape``, repeatable, or ``--set torch.input_shapes=A,B``)
 are sizes separated by commas or ``x``, optionally after a dtype and a colon:
@@ -26,7 +27,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass, field
@@ -89,10 +90,11 @@ class TorchOptions:
     output_names: list[str] = field(default_factory=list, metadata={
         "doc": "ONNX output names (default: output, or output_0, output_1, ...)"})
     opset: Optional[int] = field(default=None, metadata={
-        "doc": f"ONNX opset (default {DEFAULT_OPSET}, or {OPSET_WITH_COMPAT} when opset_compat runs: "
-               "onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
+        "doc": f"ONNX opset (default {DEFAULT_OPSET}; when opset_compat runs, {OPSET_WITH_COMPAT}, or 18 with "
+               "dynamo: onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
     dynamo: bool = field(default=False, metadata={
-        "doc": "use the torch.export-based exporter (needs onnxscript: not installable beside TensorFlow 2.15)"})
+        "doc": "use the torch.export-based exporter, in a child process (run `surgeon setup-dynamo` once); "
+               "it writes opset 18, which opset_compat lowers"})
     dynamic_batch_export: bool = field(default=False, metadata={
         "doc": "ask the exporter for a dynamic batch axis instead of exporting at the given shapes"})
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
@@ -121,8 +123,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     from surgeon_plugins.checkpoints import load_weights
 
     if options.opset is None:
-        compat = "opset_compat" in ctx.config.plugins  # it brings a newer export within onnx-tf's reach
-        options = dataclasses.replace(options, opset=OPSET_WITH_COMPAT if compat else DEFAULT_OPSET)
+        options = dataclasses.replace(options, opset=default_opset(options, ctx.config.plugins))
     model, inputs = build(spec, options)
     if options.weights:
         load_weights(model, options.weights)
@@ -141,19 +142,37 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     started = time.perf_counter()
     export(model, args, path, input_names, output_names, options)
     seconds = time.perf_counter() - started
+    exported = load_model(path)
+    opset = opset_of(exported)
     ctx.report["export"] = {
         "exporter": "dynamo" if options.dynamo else "torchscript",
-        "opset": options.opset,
+        "opset": opset,
         "inputs": [{"name": name, "shape": list(i.shape), "dtype": i.dtype} for name, i in zip(input_names, inputs)],
         "outputs": output_names,
         "dynamic_batch": options.dynamic_batch_export,
         "weights": options.weights or "the factory's",
         "seconds": round(seconds, 3),
     }
-    log.info("  exported at opset %d with %s batch in %.1fs", options.opset,
+    log.info("  exported at opset %d with %s batch in %.1fs", opset,
              "a dynamic" if options.dynamic_batch_export else "a fixed", seconds)
+    if opset > options.opset:
+        log.warning("  the dynamo exporter wrote opset %d, not the %d asked for; opset_compat brings such a model "
+                    "within onnx-tf's reach", opset, options.opset)
     ctx.reference = reference(model)
-    return load_model(path)
+    return exported
+
+
+def default_opset(options: TorchOptions, plugins: Sequence[str]) -> int:
+    """One onnx-tf converts, or a newer one when opset_compat runs to bring it within reach."""
+    from surgeon_plugins.dynamo_export import NATIVE_OPSET
+
+    if "opset_compat" not in plugins:
+        return DEFAULT_OPSET
+    return NATIVE_OPSET if options.dynamo else OPSET_WITH_COMPAT
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def build(spec: str, options: TorchOptions) -> tuple[torch.nn.Module, list[InputSpec]]:
@@ -288,55 +307,23 @@ def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_n
            output_names: list[str], options: TorchOptions) -> None:
     import torch
 
+    if options.dynamo:
+        from surgeon_plugins.dynamo_export import export as dynamo_export
+
+        dynamo_export(model, args, path, input_names, output_names, options.opset, options.dynamic_batch_export)
+        return
     dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
                     if options.dynamic_batch_export else None)
-    if options.dynamo:
-        require_dynamo_exporter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            torch.onnx.export(model, tuple(args), str(path), dynamo=options.dynamo, opset_version=options.opset,
+            torch.onnx.export(model, tuple(args), str(path), dynamo=False, opset_version=options.opset,
                               input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
         except Exception as error:
             raise SurgeonError(f"torch.onnx.export failed at opset {options.opset} ({describe(error)})",
                                hint="another --set torch.opset=N may help") from None
     for warning in caught:
         log.debug("torch.onnx.export: %s", warning.message)
-    if options.dynamo:
-        convert_opset(path, options.opset)
-
-
-def require_dynamo_exporter() -> None:
-    """The dynamo exporter needs onnxscript and onnx-ir, and they need ml-dtypes >= 0.5, which TensorFlow 2.15
-    (and so onnx-tf) refuses: on the pinned stack they cannot share an environment."""
-    try:
-        import onnx_ir  # noqa: F401
-        import onnxscript  # noqa: F401
-    except (ImportError, AttributeError) as error:
-        raise SurgeonError(
-            f"option torch.dynamo: the dynamo exporter cannot run here ({describe(error)}): it needs onnxscript "
-            "and onnx-ir, which need ml-dtypes >= 0.5, while TensorFlow 2.15, which onnx-tf needs, pins 0.3",
-            hint="leave torch.dynamo off (the default), or export with dynamo in another environment and pass the "
-                 ".onnx file with --plugins opset_compat",
-        ) from None
-
-
-def convert_opset(path: Path, opset: int) -> None:
-    """Bring the dynamo exporter's model (opset 18 when torch cannot convert it) to ``opset``."""
-    import onnx
-    from onnx import version_converter
-
-    model = onnx.load(str(path))
-    current = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
-    if current == opset:
-        return
-    try:
-        converted = version_converter.convert_version(model, opset)
-    except Exception as error:
-        raise SurgeonError(f"the dynamo exporter wrote opset {current}, and onnx's version converter cannot "
-                           f"bring it to opset {opset} ({describe(error)})",
-                           hint="leave torch.dynamo off, or choose another torch.opset") from None
-    onnx.save(converted, str(path))
 
 
 def reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], list[np.ndarray]]:

@@ -87,3 +87,16 @@ def test_full_size_example(cli, tmp_path: Path) -> None:
     assert report["export"]["inputs"][0]["shape"] == [1, 1, 128, 128, 128]
     assert {("saved_model", 3)} <= {(row["stage"], row["batch"]) for row in report["parity"]}
     assert all(row["ok"] for row in report["parity"])
+
+
+@pytest.mark.slow
+def test_example_with_the_dynamo_exporter(cli, dynamo_home, tmp_path: Path) -> None:
+    """torch.export + the dynamo exporter at opset 18, made dynamic, lowered for onnx-tf, served."""
+    out = tmp_path / "out"
+    result = cli("run", "--example", "ct-position", "-o", out, "--set", "torch.dynamo=true",
+                 "--plugins", "dynamic_batch,pool_fix,opset_compat,rename_outputs")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert (report["export"]["exporter"], report["export"]["opset"]) == ("dynamo", 18)
+    assert {(row["stage"], row["batch"]) for row in report["parity"]} >= {("saved_model", 1), ("saved_model", 3)}
+    assert all(row["ok"] for row in report["parity"])

@@ -54,6 +54,15 @@ def findings(model: onnx.ModelProto) -> list[surgeon.Finding]:
     return opset_compat.detect(gs.import_onnx(model), opset_compat.OpsetCompatOptions())
 
 
+def left_and_named(text: str) -> str:
+    """The one finding about a model opset_compat leaves as it is."""
+    model = model_from_text(text)
+    _, record = apply_pass_with_record("opset_compat", model)
+    assert not record.changed
+    (finding,) = findings(model)
+    return finding.message
+
+
 def test_handler_table_is_read_from_onnx_tf_without_tensorflow():
     script = """
 import sys, json
@@ -164,15 +173,11 @@ def test_an_opset_that_would_change_a_node_beyond_repair_is_ruled_out_and_named(
 
 
 def test_types_an_older_version_does_not_take_rule_its_opset_out():
-    model = model_from_text(header(14) + """
+    assert "Add-13 does not take tensor(int8)" in left_and_named(header(14) + """
     g (int8[N, 4] a, float[N, 1, 4] x) => (int8[N, 4] s, float[N, 4] y) <int64[1] one = {1}> {
         s = Add(a, a)
         y = Squeeze(x, one)
     }""")
-    rewritten, record = apply_pass_with_record("opset_compat", model)
-    assert not record.changed
-    (finding,) = findings(model)
-    assert "Add-13 does not take tensor(int8)" in finding.message
 
 
 def test_resize_13_gets_the_empty_roi_and_scales_resize_11_requires():
@@ -210,6 +215,30 @@ def test_shape_15_start_and_end_become_a_slice():
     assert all(not attrs(n) for n in nodes(rewritten, "Shape"))
 
 
+def test_reshape_14_allowzero_is_dropped_when_the_shape_holds_no_zero():
+    """torch's dynamo exporter writes view() as Reshape allowzero=1 beside Unsqueeze-13."""
+    rewritten = fitted(header(18) + """
+    g (float[N, 2, 3] x) => (float[N, 6, 1] y) <int64[2] shape = {-1, 6}, int64[1] last = {-1}> {
+        r = Reshape<allowzero = 1>(x, shape)
+        y = Unsqueeze(r, last)
+    }""")
+    assert opset_of(rewritten) == 12
+    assert attrs(nodes(rewritten, "Reshape")[0]) == {}
+
+
+@pytest.mark.parametrize("inputs, shape, why", [
+    ("float[2, 0] x", "shape = Constant<value = int64[2] {0, 4}>()", "its shape holds a 0"),
+    ("float[N, 4] x", "shape = Shape(x)", "its shape is computed at run time"),
+])
+def test_reshape_14_allowzero_with_a_zero_or_a_run_time_shape_is_left_and_named(inputs, shape, why):
+    assert f"allowzero=1 and {why}" in left_and_named(header(14) + f"""
+    g ({inputs}) => (float[?, 4, 1] y) <int64[1] last = {{-1}}> {{
+        {shape}
+        r = Reshape<allowzero = 1>(x, shape)
+        y = Unsqueeze(r, last)
+    }}""")
+
+
 def test_pooling_22_in_ceil_mode_becomes_floor_mode_where_the_extra_window_starts_in_the_padding():
     rewritten = fitted(header(22) + """
     g (float[N, 1, 2, 2] x, float[N, 1, 4, 4] v) => (float[N, 1, 1, 1] y, float[N, 1, 2, 2] w) {
@@ -222,14 +251,10 @@ def test_pooling_22_in_ceil_mode_becomes_floor_mode_where_the_extra_window_start
 
 
 def test_pooling_22_in_ceil_mode_on_unknown_sizes_is_left():
-    model = model_from_text(header(22) + """
+    assert "ceil_mode=1 needs explicit pads and known spatial sizes" in left_and_named(header(22) + """
     g (float[N, 1, H, W] x) => (float[N, 1, A, B] y) {
         y = MaxPool<kernel_shape = [1, 1], strides = [2, 2], ceil_mode = 1>(x)
     }""")
-    _, record = apply_pass_with_record("opset_compat", model)
-    assert not record.changed
-    (finding,) = findings(model)
-    assert "ceil_mode=1 needs explicit pads and known spatial sizes" in finding.message
 
 
 def test_layer_normalization_is_decomposed_with_its_statistics():

@@ -19,6 +19,7 @@ import surgeon
 from surgeon import SurgeonError, UsageError
 from surgeon import options as option_parsing
 from surgeon.testing import run_onnx
+from surgeon_plugins.dynamo_export import HOME_VARIABLE, MANIFEST, PACKAGES, is_installed
 from surgeon_plugins.torch_exporter import DEFAULT_OPSET, InputSpec, TorchOptions, accepts, parse_input_shape
 
 MODELS = '''
@@ -272,11 +273,100 @@ def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_pa
     assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
 
 
-def test_dynamo_exporter_explains_why_it_cannot_run_beside_tensorflow(models: Path, tmp_path: Path) -> None:
-    with pytest.raises(SurgeonError, match="option torch.dynamo: the dynamo exporter cannot run here") as caught:
+def test_setup_dynamo_installs_apart_from_tensorflow_once(dynamo_setup, cli) -> None:
+    folder, finished = dynamo_setup
+    assert finished.returncode == 0, finished.stderr
+    assert f"the dynamo exporter is ready in {folder}" in finished.stdout
+    assert f"{HOME_VARIABLE}={folder}" in finished.stdout
+    assert is_installed(folder)
+    assert {path.name for path in folder.glob("*.dist-info")} == {
+        f"{name.replace('-', '_')}-{version}.dist-info" for name, version in (p.split("==") for p in PACKAGES)}
+    again = cli("setup-dynamo", "--target", folder)
+    assert again.returncode == 0
+    assert "already in" in again.stderr
+    import ml_dtypes  # this environment keeps TensorFlow's
+
+    assert ml_dtypes.__version__.startswith("0.3.")
+
+
+def test_setup_dynamo_never_replaces_a_folder_it_did_not_make(cli, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    result = cli("setup-dynamo", "--target", tmp_path, "--force")
+    assert result.returncode != 0
+    assert "holds something else than the dynamo exporter's packages" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_changed_package_list_means_setup_again(tmp_path: Path) -> None:
+    (tmp_path / MANIFEST).write_text(json.dumps({"packages": ["onnxscript==0.1.0"]}))
+    assert not is_installed(tmp_path)
+    (tmp_path / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}))
+    assert is_installed(tmp_path)
+    (tmp_path / MANIFEST).write_text("{not json")
+    assert not is_installed(tmp_path)
+
+
+def test_dynamo_without_setup_says_how_to_set_it_up(models: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path / "nothing"))
+    with pytest.raises(UsageError, match="option torch.dynamo: the dynamo exporter's packages are not installed "
+                                         "in .*nothing") as caught:
         surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],
                     options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
-    assert "ml-dtypes >= 0.5, while TensorFlow 2.15, which onnx-tf needs, pins 0.3" in str(caught.value)
+    assert "surgeon setup-dynamo" in caught.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_home, models: Path, tmp_path: Path) -> None:
+    """Exported at batch 1 by dynamo at opset 18, then made dynamic, fitted to onnx-tf and served."""
+    report = surgeon.run(f"{models}:build", tmp_path / "out", plugins=["dynamic_batch", "pool_fix", "opset_compat"],
+                         batch_sizes=[1, 3], options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
+    assert (report["export"]["exporter"], report["export"]["opset"]) == ("dynamo", 18)
+    assert all_ok(report)
+    assert {(row["stage"], row["batch"]) for row in report["parity"]} >= {("saved_model", 1), ("saved_model", 3)}
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["x"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_home, models: Path, tmp_path: Path, caplog) -> None:
+    """No opset_compat: torch cannot bring its opset 18 down to the default, and the log says what to add."""
+    with caplog.at_level("WARNING", logger="surgeon"):
+        report = surgeon.run(
+            f"{models}:two_inputs", tmp_path / "out", formats=["onnx"], batch_sizes=[1, 3],
+            options={"torch": {"input_shapes": ["1,3,8,8", "int64:1,5"], "output_names": ["logits", "pooled"],
+                               "dynamic_batch_export": True, "dynamo": True}})
+    assert all_ok(report)
+    assert report["export"]["opset"] == 18
+    assert f"wrote opset 18, not the {DEFAULT_OPSET} asked for; opset_compat brings" in caplog.text
+    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert [i.name for i in model.graph.input] == ["image", "tokens"]
+    assert [o.name for o in model.graph.output] == ["logits", "pooled"]
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+
+
+DATA_DEPENDENT = """
+import torch
+
+
+class Branchy(torch.nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def build():
+    return Branchy()
+"""
+
+
+def test_what_torch_export_cannot_capture_is_explained(dynamo_home, tmp_path: Path) -> None:
+    path = tmp_path / "branchy.py"
+    path.write_text(DATA_DEPENDENT)
+    with pytest.raises(SurgeonError, match="torch.export cannot capture the model") as caught:
+        surgeon.run(f"{path}:build", tmp_path / "out", formats=["onnx"],
+                    options={"torch": {"input_shapes": ["2,3"], "dynamo": True}})
+    assert "TorchScript exporter" in caught.value.hint
     assert not (tmp_path / "out").exists()
 
 
