@@ -67,35 +67,56 @@ def install(folder: Path | None = None, *, force: bool = False) -> Path:
     if is_installed(folder) and not force:
         log.info("the dynamo exporter's packages are already in %s", folder)
         return folder
-    if folder.exists() and not (folder / MANIFEST).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+    if folder.exists() and not (folder / MANIFEST).is_file() and not is_empty_folder(folder):
         raise UsageError(f"{folder} exists and holds something else than the dynamo exporter's packages",
                          hint="name a new or empty folder: setup-dynamo replaces the folder it installs into")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    except OSError as error:
+        raise SurgeonError(f"cannot install into {folder}: {error.strerror or error}") from None
     try:
         log.info("installing %s into %s ...", ", ".join(PACKAGES), folder)
         command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
                    "--disable-pip-version-check", "--target", str(staging), *PACKAGES]
-        finished = subprocess.run(command, capture_output=True, text=True)
+        finished = subprocess.run(command, capture_output=True, text=True, cwd=staging)
         if finished.returncode != 0:
             why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
             raise SurgeonError(f"pip could not install the dynamo exporter's packages: {why}",
                                hint=f"pip needs to reach a package index with {', '.join(PACKAGES)}")
         (staging / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}, indent=1))
         check_imports(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
+        replace_folder(staging, folder)
+    except OSError as error:
+        raise SurgeonError(f"cannot install into {folder}: {error.strerror or error}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("installed the dynamo exporter's packages in %s", folder)
     return folder
 
 
+def is_empty_folder(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def replace_folder(new: Path, folder: Path) -> None:
+    """Put ``new`` at ``folder`` by renames, so that ``folder`` is whole at every moment but one."""
+    if not folder.exists():
+        new.rename(folder)
+        return
+    old = new.with_name(new.name + ".old")
+    folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def check_imports(folder: Path) -> None:
     """Import onnxscript in a child process with ``folder`` first on its path, as an export will."""
     finished = subprocess.run([sys.executable, "-c", "import onnxscript, onnx_ir, torch.onnx"],
-                              env=child_environment(folder), capture_output=True, text=True)
+                              env=child_environment(folder), capture_output=True, text=True, cwd=folder)
     if finished.returncode != 0:
         why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
         raise SurgeonError(f"the dynamo exporter's packages in {folder} do not import: {why}")
@@ -114,12 +135,18 @@ def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_n
         raise UsageError(f"option torch.dynamo: the dynamo exporter's packages are not installed in {folder}",
                          hint="run `surgeon setup-dynamo` once (it installs onnxscript, onnx-ir and ml-dtypes 0.5 "
                               f"into that folder, apart from TensorFlow; {HOME_VARIABLE} picks another)")
-    program = path.with_suffix(".pt2")
-    capture(model, args, dynamic_batch, program)
-    command = [sys.executable, "-m", "surgeon_plugins.dynamo_export", str(program), str(path),
-               json.dumps({"opset": opset or NATIVE_OPSET, "input_names": input_names, "output_names": output_names})]
-    finished = subprocess.run(command, env=child_environment(folder), capture_output=True, text=True,
-                              timeout=CHILD_TIMEOUT_S)
+    # torch.export.load unpickles: the program lives in a folder only this user can write to
+    with tempfile.TemporaryDirectory(prefix="surgeon-dynamo-") as private:
+        program = Path(private) / "model.pt2"
+        capture(model, args, dynamic_batch, program)
+        settings = {"opset": opset or NATIVE_OPSET, "input_names": input_names, "output_names": output_names}
+        command = [sys.executable, "-m", "surgeon_plugins.dynamo_export", str(program), str(path.resolve()),
+                   json.dumps(settings)]
+        try:  # run in the private folder: `python -m` puts the working folder first on the module path
+            finished = subprocess.run(command, env=child_environment(folder), capture_output=True, text=True,
+                                      timeout=CHILD_TIMEOUT_S, cwd=private)
+        except subprocess.TimeoutExpired:
+            raise SurgeonError(f"the dynamo exporter did not finish in {CHILD_TIMEOUT_S} s") from None
     log.debug("dynamo exporter:\n%s%s", finished.stdout, finished.stderr)
     if finished.returncode != 0 or not path.is_file():
         lines = finished.stderr.strip().splitlines()
@@ -141,8 +168,9 @@ def capture(model: torch.nn.Module, args: list[torch.Tensor], dynamic_batch: boo
     try:
         exported = torch.export.export(model, tuple(args), dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as error:
-        raise SurgeonError(f"torch.export cannot capture the model ({describe(error)})",
-                           hint="leaving torch.dynamo off uses the TorchScript exporter") from None
+        hint = ("without torch.dynamic_batch_export the batch is captured fixed, and dynamic_batch frees it"
+                if dynamic_batch else "leaving torch.dynamo off uses the TorchScript exporter")
+        raise SurgeonError(f"torch.export cannot capture the model ({describe(error)})", hint=hint) from None
     torch.export.save(exported, program)
 
 

@@ -16,6 +16,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 
 from surgeon.errors import UsageError
@@ -23,6 +24,8 @@ from surgeon.errors import UsageError
 log = logging.getLogger("surgeon")
 
 NVIDIA_SMI_TIMEOUT_S = 10
+DIGITS = re.compile(r"[0-9]+")
+INDEX_PREFIX = re.compile(r"[+-]?[0-9]+")
 
 
 def select(device: str | None) -> None:
@@ -31,13 +34,8 @@ def select(device: str | None) -> None:
     Without ``device``, when several GPUs are visible, TensorFlow gets the
     first of them, and the log says so.
     """
-    if device is not None and device != "cpu" and not device.isdigit():
+    if device is not None and device != "cpu" and not DIGITS.fullmatch(device):
         raise UsageError(f"--device {device!r}: expected 'cpu' or a GPU index such as 0")
-    present = installed_gpus()
-    if device is not None and device.isdigit() and present is not None and int(device) >= len(present):
-        listed = ", ".join(f"GPU {index}" for index, _ in present) or "none"
-        raise UsageError(f"--device {device}: no such GPU (nvidia-smi -L lists {listed})",
-                         hint="--device cpu converts without a GPU")
     if device is None:
         gpus = visible_gpus()
         if len(gpus) < 2:
@@ -45,9 +43,24 @@ def select(device: str | None) -> None:
         device = gpus[0]
         log.info("%d GPUs are visible (%s); TensorFlow will use only GPU %s, since several GPUs make XLA fail "
                  "during conversion (--device picks another)", len(gpus), ",".join(gpus), device)
+    elif device != "cpu":
+        installed = installed_gpus()
+        if installed is not None and int(device) >= len(installed.indices):
+            listed = ", ".join(f"GPU {index}" for index in installed.indices) or "none"
+            raise UsageError(f"--device {device}: no such GPU (nvidia-smi -L lists {listed})",
+                             hint="--device cpu converts without a GPU")
     if "tensorflow" in sys.modules:
         log.warning("TensorFlow is already imported; --device %s may not take effect", device)
     os.environ["CUDA_VISIBLE_DEVICES"] = "" if device == "cpu" else device
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What ``nvidia-smi -L`` lists, whatever CUDA_VISIBLE_DEVICES says: GPU indices, and every GPU and MIG
+    UUID (lower case)."""
+
+    indices: list[str]
+    uuids: list[str]
 
 
 def visible_gpus() -> list[str]:
@@ -58,30 +71,29 @@ def visible_gpus() -> list[str]:
     tests/data/cuda_visibility.json). Without nvidia-smi, any index or UUID
     counts as a GPU.
     """
-    present = installed_gpus()
+    installed = installed_gpus()
     restricted = os.environ.get("CUDA_VISIBLE_DEVICES")
     if restricted is None:
-        return [index for index, _ in present or []]
+        return list(installed.indices) if installed else []
     gpus = []
     for entry in (part.strip() for part in restricted.split(",")):
-        if not names_a_gpu(entry, present):
+        if not names_a_gpu(entry, installed):
             break
         gpus.append(entry)
     return gpus
 
 
-def names_a_gpu(entry: str, present: list[tuple[str, str]] | None) -> bool:
-    if entry.startswith("MIG-"):
-        return True
-    if present is None:
-        return entry.isdigit() or entry.startswith("GPU-")
-    if entry.isdigit():
-        return int(entry) < len(present)
-    return entry.startswith("GPU-") and any(uuid.startswith(entry) for _, uuid in present)
+def names_a_gpu(entry: str, installed: Installed | None) -> bool:
+    index = INDEX_PREFIX.match(entry)  # CUDA reads an index as strtol does: "00", "+0", "0a" are GPU 0
+    if index:
+        return int(index.group()) >= 0 and (installed is None or int(index.group()) < len(installed.indices))
+    if not entry.upper().startswith(("GPU-", "MIG-")) or len(entry) <= len("GPU-"):
+        return False
+    return installed is None or any(uuid.startswith(entry.lower()) for uuid in installed.uuids)
 
 
-def installed_gpus() -> list[tuple[str, str]] | None:
-    """(index, UUID) of each GPU ``nvidia-smi -L`` lists, whatever CUDA_VISIBLE_DEVICES says; None without it."""
+def installed_gpus() -> Installed | None:
+    """What ``nvidia-smi -L`` lists; None where it cannot be run."""
     nvidia_smi = shutil.which("nvidia-smi")
     if nvidia_smi is None:
         return None
@@ -91,8 +103,8 @@ def installed_gpus() -> list[tuple[str, str]] | None:
         return None
     if listing.returncode != 0:
         return None
-    found = re.findall(r"^GPU (\d+):.*\(UUID: (GPU-[\w-]+)\)", listing.stdout, flags=re.MULTILINE)
-    return [(index, uuid) for index, uuid in found]
+    return Installed(indices=re.findall(r"^GPU ([0-9]+):", listing.stdout, flags=re.MULTILINE),
+                     uuids=[uuid.lower() for uuid in re.findall(r"\(UUID: ((?:GPU|MIG)-[\w-]+)\)", listing.stdout)])
 
 
 def verbose() -> bool:

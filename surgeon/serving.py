@@ -48,12 +48,14 @@ def run_in_fresh_process(model: Path, feeds: Sequence[Sequence[np.ndarray]], inp
         arrays = {f"feed{k}_{j}": np.asarray(array) for k, feed in enumerate(feeds) for j, array in enumerate(feed)}
         np.savez(feeds_path, count=np.array(len(feeds)), inputs=np.array(input_names, dtype=str),
                  outputs=np.array(output_names, dtype=str), **arrays)
-        command = [sys.executable, "-m", "surgeon.serving", str(model), str(feeds_path), str(results_path)]
+        command = [sys.executable, "-m", "surgeon.serving", str(Path(model).resolve()), str(feeds_path),
+                   str(results_path)]
         loud = verbose()
         env = dict(os.environ)
         if not loud:
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        finished = subprocess.run([*command, *(["--verbose"] if loud else [])], env=env,
+        # in the temporary folder: `python -m` puts the working folder first on the module path
+        finished = subprocess.run([*command, *(["--verbose"] if loud else [])], env=env, cwd=folder,
                                   stderr=None if loud else subprocess.PIPE, text=True)
         if finished.returncode != 0:
             why = (finished.stderr or "").strip().splitlines()[-1:] or [f"exit status {finished.returncode}"]

@@ -282,10 +282,11 @@ def test_the_converter_computes_what_onnx_tf_computes_on_every_backend_node_case
 
 
 @pytest.mark.parametrize("visible, gpus", [
-    ("0,1", ["0", "1"]), ("3", ["3"]), ("", []), ("-1", []), ("2,-1,3", ["2"]),
-    ("GPU-8a1b,GPU-77cd", ["GPU-8a1b", "GPU-77cd"]),
+    ("0,1", ["0", "1"]), ("3", ["3"]), ("", []), ("-1", []), ("2,-1,3", ["2"]), ("00", ["00"]), ("\u00b2", []),
+    ("GPU-8a1b,GPU-77cd", ["GPU-8a1b", "GPU-77cd"]), ("GPU-", []),
 ])
-def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, visible, gpus):
+def test_visible_gpus_follow_cuda_visible_devices_without_nvidia_smi(monkeypatch, tmp_path, visible, gpus):
+    monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     assert device.visible_gpus() == gpus
 
@@ -311,8 +312,9 @@ def test_one_gpu_or_an_explicit_device_is_left_as_asked(fake_nvidia_smi):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     device.select("cpu")
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
-    with pytest.raises(surgeon.UsageError, match="--device 'gpu1'"):
-        device.select("gpu1")
+    for wrong in ("gpu1", "\u00b2"):
+        with pytest.raises(surgeon.UsageError, match=f"--device '{wrong}'"):
+            device.select(wrong)
 
 
 SQUEEZE_13 = """

@@ -36,10 +36,15 @@ def gpu_outputs() -> tuple[np.ndarray, np.ndarray]:
         return recorded["inputs"], recorded["outputs"]
 
 
-def test_the_fixture_checkpoint_holds_cuda_tensors_that_cpu_torch_cannot_load_by_default() -> None:
-    assert not torch.cuda.is_available()
-    with pytest.raises(RuntimeError, match="CUDA"):
-        torch.load(CHECKPOINT, weights_only=True)
+def test_the_fixture_checkpoint_holds_cuda_tensors() -> None:
+    locations = set()
+
+    def record(storage, location):
+        locations.add(location)
+        return storage
+
+    torch.load(CHECKPOINT, map_location=record, weights_only=True)
+    assert "cuda:0" in locations  # the weights; Adam keeps its step counts on the CPU
 
 
 def test_a_training_checkpoint_written_on_a_gpu_loads_on_a_cpu_machine() -> None:
@@ -63,12 +68,23 @@ def test_the_saved_model_serves_what_the_model_computed_on_the_gpu(tmp_path: Pat
     np.testing.assert_allclose(served[0], expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("visible", sorted(VISIBILITY["device_count"]))
+COUNTED = {value: count for value, count in VISIBILITY["device_count"].items() if isinstance(count, int)}
+
+
+@pytest.mark.parametrize("visible", sorted(COUNTED))
 def test_visible_gpus_count_what_cuda_counted_on_a_one_gpu_machine(fake_nvidia_smi, monkeypatch, visible: str) -> None:
     fake_nvidia_smi(VISIBILITY["nvidia_smi_L"])
     if visible != "<unset>":
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert len(device.visible_gpus()) == VISIBILITY["device_count"][visible]
+    assert len(device.visible_gpus()) == COUNTED[visible]
+
+
+def test_a_gpu_named_twice_which_cuda_refuses_is_narrowed_to_one(fake_nvidia_smi, monkeypatch) -> None:
+    assert VISIBILITY["device_count"]["0,0"] == "cuInit error 101"  # CUDA_ERROR_INVALID_DEVICE
+    fake_nvidia_smi(VISIBILITY["nvidia_smi_L"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,0")
+    device.select(None)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
 
 
 def test_a_device_index_beyond_the_installed_gpus_is_refused(fake_nvidia_smi) -> None:

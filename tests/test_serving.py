@@ -140,3 +140,13 @@ def test_a_second_recurrent_conversion_in_the_same_process_works(tmp_path):
     for attempt in range(2):
         report = surgeon.run(path, tmp_path / f"out{attempt}")
         assert all(row["ok"] for row in report["parity"])
+
+
+def test_modules_in_the_working_folder_do_not_shadow_the_servers(native, tmp_path, monkeypatch):
+    """``python -m`` puts the working folder first on the module path: the child must not run there."""
+    model, target = native
+    (tmp_path / "numpy.py").write_text("raise SystemExit('imported the numpy.py of the working folder')\n")
+    monkeypatch.chdir(tmp_path)
+    x = np.ones((1, 1, 5, 5), np.float32)
+    [result] = run_in_fresh_process(target, [[x]], ["x"], ["y"])
+    np.testing.assert_allclose(result[0], run_onnx(model, [x])[0], rtol=1e-5, atol=1e-5)

@@ -317,6 +317,17 @@ def test_dynamo_without_setup_says_how_to_set_it_up(models: Path, tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+def test_a_broken_dynamo_folder_gives_the_child_process_error(models: Path, tmp_path: Path, monkeypatch) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}))  # but no packages
+    monkeypatch.setenv(HOME_VARIABLE, str(broken))
+    with pytest.raises(SurgeonError, match="the dynamo exporter failed: .*onnxscript"):
+        surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],
+                    options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
+    assert not (tmp_path / "out").exists()
+
+
 def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_home, models: Path, tmp_path: Path) -> None:
     """Exported at batch 1 by dynamo at opset 18, then made dynamic, fitted to onnx-tf and served."""
     report = surgeon.run(f"{models}:build", tmp_path / "out", plugins=["dynamic_batch", "pool_fix", "opset_compat"],
@@ -327,6 +338,16 @@ def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_home, m
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert [i.name for i in model.graph.input] == ["x"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def test_dynamo_exports_from_a_folder_whose_modules_shadow_onnx(dynamo_home, tmp_path: Path, monkeypatch) -> None:
+    """The child process must not import the user's onnx.py (``python -m`` puts the working folder first)."""
+    (tmp_path / "onnx.py").write_text("raise SystemExit('imported the onnx.py of the working folder')\n")
+    monkeypatch.chdir(tmp_path)
+    report = surgeon.run("torch.nn:Linear", tmp_path / "out", formats=["onnx"], plugins=["opset_compat"],
+                         options={"torch": {"input_shapes": ["2,4"], "dynamo": True,
+                                            "kwargs": {"in_features": 4, "out_features": 3}}})
+    assert report["export"]["exporter"] == "dynamo" and all_ok(report)
 
 
 def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_home, models: Path, tmp_path: Path, caplog) -> None:

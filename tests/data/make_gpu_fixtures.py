@@ -6,7 +6,8 @@
 - ``cuda_outputs.npz``: inputs and the outputs the trained model computed on
   the GPU (TF32 off), for the served model to match.
 - ``cuda_visibility.json``: for each CUDA_VISIBLE_DEVICES value, how many
-  devices CUDA itself shows, beside what ``nvidia-smi -L`` printed.
+  devices the CUDA driver shows (cuInit, cuDeviceGetCount), beside what
+  ``nvidia-smi -L`` printed.
 """
 
 import json
@@ -19,7 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-COUNT_DEVICES = "import torch; print(torch.cuda.device_count())"
+# what the CUDA driver (and so TensorFlow) counts; torch.cuda.device_count() parses the variable itself
+COUNT_DEVICES = """
+import ctypes
+cuda = ctypes.CDLL("libcuda.so.1")
+status = cuda.cuInit(0)
+count = ctypes.c_int(0)
+if status == 0:
+    cuda.cuDeviceGetCount(ctypes.byref(count))
+print(count.value if status in (0, 100) else f"cuInit error {status}")
+"""
 
 
 def cuda_net() -> nn.Module:
@@ -53,13 +63,15 @@ def visibility(out: Path) -> None:
     listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=True).stdout
     uuid = listing.split("UUID: ")[1].split(")")[0]
     cases = {}
-    for value in [None, "0", "", "-1", uuid, "0,1", "1", "0,-1,1"]:
+    odd_spellings = ["GPU-" + uuid[4:].upper(), uuid[:12], "GPU-", "00", "+0", "0a", "-0", "MIG-deadbeef", "0,0"]
+    for value in [None, "0", "", "-1", uuid, "0,1", "1", "0,-1,1", *odd_spellings]:
         env = dict(os.environ)
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if value is not None:
             env["CUDA_VISIBLE_DEVICES"] = value
         counted = subprocess.run([sys.executable, "-c", COUNT_DEVICES], env=env, capture_output=True, text=True)
-        cases["<unset>" if value is None else value] = int(counted.stdout.strip())
+        answer = counted.stdout.strip()
+        cases["<unset>" if value is None else value] = int(answer) if answer.isdigit() else answer
     (out / "cuda_visibility.json").write_text(json.dumps(
         {"nvidia_smi_L": listing, "uuid": uuid, "device_count": cases, "torch": torch.__version__}, indent=1))
 
