@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ZOO = HERE / "zoo.py"
 RESULTS = HERE / "results" / "architectures.md"
-PLUGINS = "dynamic_batch,pool_fix,opset_compat,rename_outputs"
+PLUGINS = "dynamic_batch,pool_fix,gru_fix,opset_compat,rename_outputs"
 BATCHES = (1, 3, 8)
 ATOL, RTOL = 1e-4, 1e-3
 TIMEOUT_S = 900

@@ -22,7 +22,7 @@ def seeded(model: nn.Module) -> nn.Module:
     """Batch-norm statistics that are not the identity, so that folding them wrongly would show."""
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():
-        if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.running_mean.uniform_(-0.5, 0.5, generator=generator)
             module.running_var.uniform_(0.5, 1.5, generator=generator)
     return model.eval()
@@ -232,9 +232,131 @@ class UNet(nn.Module):
         return self.out(x)
 
 
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels))
+        self.scale = nn.Parameter(torch.full((channels,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.depthwise(x).permute(0, 2, 3, 1))
+        return x + (self.scale * self.mlp(y)).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt: channels-last LayerNorm between permutes, GELU, layer scale, a patchify stem."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, 4)
+        self.blocks = nn.Sequential(ConvNeXtBlock(16), ConvNeXtBlock(16))
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.blocks(self.stem(x)).mean([-2, -1])))
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, channels: int, window: int, heads: int) -> None:
+        super().__init__()
+        self.window, self.heads = window, heads
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        windows = x.view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        q, k, v = self.qkv(windows).reshape(-1, s * s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        attention = (q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5).softmax(-1)
+        out = self.proj((attention @ v).transpose(1, 2).reshape(-1, s * s, c))
+        return out.view(b, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+
+
+class Swin(nn.Module):
+    """Swin: window partition and merge through view(b, h // s, s, ...) with b read off x.shape, shifted
+    windows (torch.roll), patch merging."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 4, 4)
+        self.norm1, self.norm2 = nn.LayerNorm(16), nn.LayerNorm(16)
+        self.attention, self.shifted = WindowAttention(16, 4, 2), WindowAttention(16, 4, 2)
+        self.merge = nn.Linear(64, 32)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).permute(0, 2, 3, 1)
+        x = x + self.attention(self.norm1(x))
+        x = x + torch.roll(self.shifted(torch.roll(self.norm2(x), (-2, -2), (1, 2))), (2, 2), (1, 2))
+        b, h, w, c = x.shape
+        merged = x.view(b, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        return self.head(self.merge(merged).mean([1, 2]))
+
+
+class Bert(nn.Module):
+    """BERT: token ids and an attention mask in, positions from torch.arange, the mask broadcast over heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(100, 32), nn.Embedding(16, 32)
+        self.norm = nn.LayerNorm(32)
+        self.qkv, self.out = nn.Linear(32, 96), nn.Linear(32, 32)
+        self.ffn = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32))
+        self.pooler = nn.Linear(32, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        b, n = input_ids.shape
+        positions = torch.arange(n, device=input_ids.device).unsqueeze(0).expand(b, n)
+        x = self.norm(self.tokens(input_ids) + self.positions(positions))
+        q, k, v = self.qkv(x).view(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / 8 ** 0.5
+        scores = scores.masked_fill(attention_mask[:, None, None, :] == 0, -1e4)
+        x = x + self.out((scores.softmax(-1) @ v).transpose(1, 2).reshape(b, n, 32))
+        x = x + self.ffn(x)
+        return self.pooler(torch.tanh(x[:, 0]))
+
+
+class AudioCNN(nn.Module):
+    """A 1D audio classifier: AvgPool1d with count_include_pad=False and ceil_mode, MaxPool1d, a GRU head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(1, 8, 9, 2, 4), nn.BatchNorm1d(8), nn.ReLU(), nn.MaxPool1d(3, 2, 1),
+            nn.Conv1d(8, 8, 5, 1, 2), nn.ReLU(), nn.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False))
+        self.gru = nn.GRU(8, 12, batch_first=True)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, hidden = self.gru(self.features(x).transpose(1, 2))
+        return self.fc(hidden[-1])
+
+
+class UNet3D(nn.Module):
+    """A 3D U-Net for CT volumes: MaxPool3d down, ConvTranspose3d up, a skip concatenation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU())
+        self.bottom = nn.Sequential(nn.MaxPool3d(2), nn.Conv3d(4, 8, 3, padding=1), nn.ReLU())
+        self.up = nn.ConvTranspose3d(8, 4, 2, 2)
+        self.out = nn.Conv3d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.down(x)
+        return self.out(torch.cat([self.up(self.bottom(skip)), skip], 1))
+
+
 FACTORIES = {"resnet": ResNet, "squeezenet": SqueezeNet, "shufflenet": ShuffleNet, "inception": Inception,
-             "densenet": DenseNet, "mobilenet": MobileNet, "vit": ViT, "text_lstm": TextLSTM, "unet": UNet}
-SHAPES = {name: ["1,3,32,32"] for name in FACTORIES} | {"text_lstm": ["int64:1,12"]}
+             "densenet": DenseNet, "mobilenet": MobileNet, "vit": ViT, "text_lstm": TextLSTM, "unet": UNet,
+             "convnext": ConvNeXt, "swin": Swin, "bert": Bert, "audio_cnn": AudioCNN, "unet3d": UNet3D}
+SHAPES = {name: ["1,3,32,32"] for name in FACTORIES} | {
+    "text_lstm": ["int64:1,12"], "bert": ["int64:1,16", "int64:1,16"], "audio_cnn": ["1,1,400"],
+    "unet3d": ["1,1,16,16,16"]}
 
 
 def build(name: str) -> nn.Module:

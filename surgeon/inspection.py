@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from surgeon.discovery import Registry, discover
+from surgeon.discovery import discover
 from surgeon.errors import blamed_on
 from surgeon.options import type_name
-from surgeon.plugin import option_defaults
+from surgeon.plugin import RewritePass, option_defaults
 
 
 def list_plugins(plugin_paths: list[Path]) -> list[dict[str, Any]]:
@@ -59,18 +60,18 @@ def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
         "outputs": [_value(v) for v in graph.output],
         "nodes": len(graph.node),
         "ops": dict(Counter(node.op_type for node in graph.node).most_common()),
-        "findings": findings(model, registry),
+        "findings": findings(model, registry.passes.values()),
         "broken_plugins": [{"origin": b.origin, "reason": b.reason} for b in registry.broken],
     }
 
 
-def findings(model: Any, registry: Registry) -> list[dict[str, str]]:
-    """Run every installed pass's detector with default options."""
+def findings(model: Any, passes: Iterable[RewritePass]) -> list[dict[str, str]]:
+    """Run the detector of each of ``passes`` with default options."""
     from surgeon.rewrite import import_graph
 
     graph = import_graph(model)
     found = []
-    for rewrite in registry.passes.values():
+    for rewrite in passes:
         with blamed_on(rewrite.name, "detect()"):
             hazards = rewrite.detect(graph, rewrite.options())
         found.extend({"plugin": rewrite.name, "where": h.where, "message": h.message} for h in hazards)

@@ -63,6 +63,7 @@ class Plan:
     writers: list[tuple[Writer, Any]]
     converter: tuple[Converter, Any] | None
     options: dict[str, Any]
+    idle_passes: list[RewritePass]  # installed, not in this run: their detectors explain a failed conversion
 
     @classmethod
     def resolve(cls, registry: Registry, config: RunConfig) -> Plan:
@@ -89,6 +90,7 @@ class Plan:
             writers=[(w, built[w.name]) for w in writers],
             converter=(converter, built[converter.name]) if converter else None,
             options=built,
+            idle_passes=[p for name, p in registry.passes.items() if name not in config.plugins],
         )
 
 
@@ -147,10 +149,31 @@ class RunContext:
             converter, converter_options = self.plan.converter
             target = self.scratch / "saved_model"
             with stage(self.report, "convert", f"converting to TensorFlow with {converter.name}"):
-                with blamed_on(converter.name, "conversion"):
-                    converter.convert(self.model, converter_options, target, self)
+                try:
+                    with blamed_on(converter.name, "conversion"):
+                        converter.convert(self.model, converter_options, target, self)
+                except SurgeonError as error:
+                    raise with_fixes_named(error, self.model, self.plan.idle_passes) from error.__cause__
             self._saved_model = target
         return self._saved_model
+
+
+def with_fixes_named(error: SurgeonError, model: onnx.ModelProto, idle_passes: list[RewritePass]) -> SurgeonError:
+    """``error`` with a hint naming what installed passes, not in the run, detect in ``model``."""
+    from surgeon.inspection import findings
+
+    unnamed = [rewrite for rewrite in idle_passes if rewrite.name not in str(error)]
+    try:
+        found = findings(model, unnamed)
+    except SurgeonError:  # a broken detector must not hide the conversion's own error
+        return error
+    if not found:
+        return error
+    plugins = ", ".join(dict.fromkeys(finding["plugin"] for finding in found))
+    first, more = found[0], f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    hint = f"add {plugins} to --plugins, which detects {first['where']}: {first['message']}{more}"
+    error.hint = f"{hint}; {error.hint}" if error.hint else hint
+    return error
 
 
 @contextmanager

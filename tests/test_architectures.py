@@ -11,7 +11,7 @@ import pytest
 import surgeon
 
 ZOO = Path(__file__).parents[1] / "bench" / "zoo.py"
-PLUGINS = ["dynamic_batch", "pool_fix", "opset_compat", "rename_outputs"]
+PLUGINS = ["dynamic_batch", "pool_fix", "gru_fix", "opset_compat", "rename_outputs"]
 
 
 def zoo_module():
