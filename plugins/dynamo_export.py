@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from surgeon.errors import SurgeonError, UsageError, describe
+from surgeon.output import staged
 
 if TYPE_CHECKING:
     import onnx
@@ -71,26 +71,19 @@ def install(folder: Path | None = None, *, force: bool = False) -> Path:
         raise UsageError(f"{folder} exists and holds something else than the dynamo exporter's packages",
                          hint="name a new or empty folder: setup-dynamo replaces the folder it installs into")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+        with staged(folder, force=True) as staging:  # all at once: a broken install never replaces a good one
+            log.info("installing %s into %s ...", ", ".join(PACKAGES), folder)
+            command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
+                       "--disable-pip-version-check", "--target", str(staging), *PACKAGES]
+            finished = subprocess.run(command, capture_output=True, text=True, cwd=staging)
+            if finished.returncode != 0:
+                why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
+                raise SurgeonError(f"pip could not install the dynamo exporter's packages: {why}",
+                                   hint=f"pip needs to reach a package index with {', '.join(PACKAGES)}")
+            (staging / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}, indent=1))
+            check_imports(staging)
     except OSError as error:
         raise SurgeonError(f"cannot install into {folder}: {error.strerror or error}") from None
-    try:
-        log.info("installing %s into %s ...", ", ".join(PACKAGES), folder)
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile",
-                   "--disable-pip-version-check", "--target", str(staging), *PACKAGES]
-        finished = subprocess.run(command, capture_output=True, text=True, cwd=staging)
-        if finished.returncode != 0:
-            why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
-            raise SurgeonError(f"pip could not install the dynamo exporter's packages: {why}",
-                               hint=f"pip needs to reach a package index with {', '.join(PACKAGES)}")
-        (staging / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}, indent=1))
-        check_imports(staging)
-        replace_folder(staging, folder)
-    except OSError as error:
-        raise SurgeonError(f"cannot install into {folder}: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log.info("installed the dynamo exporter's packages in %s", folder)
     return folder
 
@@ -100,17 +93,6 @@ def is_empty_folder(folder: Path) -> bool:
         return folder.is_dir() and not any(folder.iterdir())
     except OSError:
         return False
-
-
-def replace_folder(new: Path, folder: Path) -> None:
-    """Put ``new`` at ``folder`` by renames, so that ``folder`` is whole at every moment but one."""
-    if not folder.exists():
-        new.rename(folder)
-        return
-    old = new.with_name(new.name + ".old")
-    folder.rename(old)
-    new.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def check_imports(folder: Path) -> None:

@@ -119,7 +119,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     """Build the model, load its weights, export it, and set it as the parity reference."""
     import torch
 
-    from surgeon.onnx_io import load_model
+    from surgeon.onnx_io import load_model, opset_of
     from surgeon_plugins.checkpoints import load_weights
 
     if options.opset is None:
@@ -169,10 +169,6 @@ def default_opset(options: TorchOptions, plugins: Sequence[str]) -> int:
     if "opset_compat" not in plugins:
         return DEFAULT_OPSET
     return NATIVE_OPSET if options.dynamo else OPSET_WITH_COMPAT
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def build(spec: str, options: TorchOptions) -> tuple[torch.nn.Module, list[InputSpec]]:

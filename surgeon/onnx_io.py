@@ -138,6 +138,11 @@ def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield from _tensors(subgraph)
 
 
+def opset_of(model: onnx.ModelProto) -> int:
+    """The model's opset of the default (ai.onnx) domain."""
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
 def real_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The graph inputs a caller feeds: inputs that are not also initializers (old exporters list those too)."""
     initializers = {init.name for init in model.graph.initializer}

@@ -16,6 +16,7 @@ import pytest
 
 import surgeon
 from surgeon import PluginError
+from surgeon.onnx_io import opset_of
 from surgeon.testing import (apply_pass, apply_pass_with_record, assert_idempotent, assert_same_outputs,
                              model_from_text, run_onnx)
 from surgeon_plugins import opset_compat
@@ -36,10 +37,6 @@ def fitted(text: str, atol: float = 1e-5, rtol: float = 1e-4, **options) -> onnx
     assert_idempotent("opset_compat", model, **options)
     assert opset_compat.explain_unsupported(rewritten) is None, opset_compat.explain_unsupported(rewritten)
     return rewritten
-
-
-def opset_of(model: onnx.ModelProto) -> int:
-    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def nodes(model: onnx.ModelProto, op: str) -> list[onnx.NodeProto]:
