@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgeon import Converter, SurgeonError, hookimpl
+from surgeon.naming import fresh_name
 from surgeon.onnx_io import real_inputs
 
 log = logging.getLogger("surgeon")
@@ -76,11 +79,11 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
     from surgeon.device import quiet_tensorflow, verbose
 
     check_input_names(model)
+    model = with_unique_node_names(model)
     started = time.perf_counter()
-    with quiet_tensorflow():
+    with quiet_tensorflow(), recurrent_handlers_fixed():
         from onnx_tf.backend import prepare
 
-        forget_cached_rnn_cells()
         imported = time.perf_counter()
         representation = prepare(model, logging_level="INFO" if verbose() else "ERROR", auto_cast=options.auto_cast)
         prepared = time.perf_counter()
@@ -89,16 +92,76 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
               imported - started, prepared - imported, time.perf_counter() - prepared)
 
 
-def forget_cached_rnn_cells() -> None:
-    """onnx-tf keeps the RNN cell of its first conversion on the handler class (``rnn_mixin.rnn``);
-    a later conversion in the same process would capture that cell's variables and fail to save."""
+def with_unique_node_names(model):
+    """``model``, or a copy whose nodes all have names that differ ignoring case.
+
+    onnx-tf names an RNN node's variables after the node's name in lower case,
+    and refuses a model where two would clash ("Node name is not unique").
+    """
+    import onnx
+
+    names = [node.name.lower() for node in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return model
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    taken = set()
+    for index, node in enumerate(renamed.graph.node):
+        if not node.name or node.name.lower() in taken:
+            node.name = fresh_name(f"{node.name or node.op_type}_{index}".lower(), taken)
+        taken.add(node.name.lower())
+    return renamed
+
+
+@contextmanager
+def recurrent_handlers_fixed() -> Iterator[None]:
+    """Mend two faults of onnx-tf 1.10's LSTM, GRU and RNN handlers while converting.
+
+    - It keeps the forward cell of the first such node on the handler class
+      (``RNNMixin.rnn_cell``) and hands it to every later node of the same
+      operator, in this conversion and the next: a second layer then runs
+      with the first layer's kernel, which fails when the depths differ and
+      computes wrong numbers when they are equal (a 2-layer ``nn.LSTM(4, 4)``).
+      Each node now gets a cell of its own.
+    - TensorFlow's RNN needs the input depth statically, and onnx-tf's
+      Reshape loses static shapes (it computes every target shape at run
+      time): a layer after a bidirectional one fails ("Input size (depth of
+      inputs) must be accessible via shape inference"). The depth is taken
+      from the node's weights, W [directions, gates * hidden, depth].
+    """
+    import tensorflow as tf
+    from onnx_tf.handlers.backend.gru import GRU
+    from onnx_tf.handlers.backend.lstm import LSTM
+    from onnx_tf.handlers.backend.rnn import RNN
     from onnx_tf.handlers.backend.rnn_mixin import RNNMixin
 
-    pending = list(RNNMixin.__subclasses__())
-    while pending:
-        handler = pending.pop()
-        pending += handler.__subclasses__()
-        handler.rnn_cell = None
+    shared_cell_rnn = RNNMixin.__dict__["rnn"]
+
+    def rnn(cls, *args, **kwargs):
+        cls.rnn_cell = None
+        return shared_cell_rnn.__func__(cls, *args, **kwargs)
+
+    def with_input_depth(common):
+        def handle(cls, node, **kwargs):
+            tensors = kwargs["tensor_dict"]
+            x, weights = tensors[node.inputs[0]], tensors.get(node.inputs[1])
+            depth = weights.shape[-1] if weights is not None and weights.shape.rank == 3 else None
+            if x.shape.rank == 3 and x.shape[-1] is None and depth is not None:
+                tensors[node.inputs[0]] = tf.ensure_shape(x, [None, None, depth])
+            return common.__func__(cls, node, **kwargs)
+
+        return classmethod(handle)
+
+    originals = {handler: handler.__dict__["_common"] for handler in (LSTM, GRU, RNN)}
+    RNNMixin.rnn = classmethod(rnn)
+    for handler, common in originals.items():
+        handler._common = with_input_depth(common)
+    try:
+        yield
+    finally:
+        RNNMixin.rnn = shared_cell_rnn
+        for handler, common in originals.items():
+            handler._common = common
 
 
 def export(representation, target: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 
 import surgeon
 from surgeon import SurgeonError, device
@@ -350,3 +351,51 @@ def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_se
     assert all(row["ok"] for row in report["parity"])
     assert report["reference"] == "onnxruntime on the rewritten model (the source does not run there)"
     assert [n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node] == ["Resize"]
+
+
+def test_node_names_onnx_tf_would_find_clashing_are_made_unique():
+    from surgeon_plugins.onnx_tf_converter import with_unique_node_names
+
+    model = model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 4] x) => (float[N, 4] y) { a = Relu(x)  b = Neg(a)  c = Abs(b)  y = Relu(c) }
+    """)
+    for node, name in zip(model.graph.node, ["LSTM", "lstm", "", "relu_3"]):
+        node.name = name
+    renamed = with_unique_node_names(model)
+    names = [node.name for node in renamed.graph.node]
+    assert names[0] == "LSTM" and len({name.lower() for name in names}) == 4 and all(names)
+    assert [node.name for node in model.graph.node][1] == "lstm"  # the caller's model is left as it was
+    assert with_unique_node_names(renamed) is renamed
+
+
+class StackedRecurrent(torch.nn.Module):
+    """Two recurrent layers, as PyTorch exports them: one ONNX node per layer."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        if kind == "same_depth_lstm":  # layer 2's kernel has layer 1's shape: a shared cell went unnoticed
+            self.rnn, width = torch.nn.LSTM(4, 4, num_layers=2, batch_first=True), 4
+        elif kind == "bidirectional_lstm":  # layer 2 reads a Reshape, whose static depth onnx-tf loses
+            self.rnn, width = torch.nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True), 6
+        else:
+            self.rnn, width = torch.nn.RNN(4, 5, num_layers=2, nonlinearity="relu", batch_first=True), 5
+        self.head = torch.nn.Linear(width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def stacked(kind: str) -> torch.nn.Module:
+    return StackedRecurrent(kind)
+
+
+@pytest.mark.parametrize("kind", ["same_depth_lstm", "bidirectional_lstm", "relu_rnn"])
+def test_stacked_recurrent_layers_serve(kind, tmp_path):
+    """onnx-tf 1.10 shares one RNN cell among a model's layers and loses the depth a layer needs."""
+    report = surgeon.run(f"{__file__}:stacked", tmp_path / "out", plugins=["dynamic_batch"], batch_sizes=[1, 3],
+                         options={"torch": {"input_shapes": ["1,5,4"], "kwargs": {"kind": kind}}})
+    assert all(row["ok"] for row in report["parity"])
+    assert {row["batch"] for row in report["parity"] if row["stage"] == "saved_model"} == {1, 3}

@@ -38,6 +38,16 @@ recurrent (float[3, N, 2] x) => (float[3, 1, N, 2] y)
 }
 """
 
+# two LSTM layers of the same depth and different weights: onnx-tf 1.10 gives the second the first one's cell
+STACKED = RECURRENT.replace("recurrent (float[3, N, 2] x) => (float[3, 1, N, 2] y)",
+                            "stacked (float[3, N, 2] x) => (float[3, 1, N, 2] y)").replace(
+    "y = LSTM <hidden_size = 2> (x, w, r, b)",
+    """first = LSTM <hidden_size = 2> (x, w, r, b)
+    between = Squeeze <axes = [1]> (first)
+    w2 = Neg(w)
+    r2 = Mul(r, r)
+    y = LSTM <hidden_size = 2> (between, w2, r2, b)""")
+
 # onnx-tf's Hardmax handler takes len() of a tensor for an axis that is not the last: it needs AutoGraph
 HARDMAX = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -107,6 +117,13 @@ def test_f1_a_pyfunc_runs_in_the_converting_process_but_in_no_fresh_one(pyfunc):
 def test_a_recurrent_model_serves_with_its_variables(tmp_path):
     model = convert(RECURRENT, tmp_path / "saved_model")
     x = np.random.default_rng(3).standard_normal((3, 2, 2)).astype(np.float32)
+    (got,) = run_in_fresh_process(tmp_path / "saved_model", [[x]], ["x"], ["y"])
+    np.testing.assert_allclose(got[0], run_onnx(model, [x])[0], rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_recurrent_layers_each_run_with_their_own_weights(tmp_path):
+    model = convert(STACKED, tmp_path / "saved_model")
+    x = np.random.default_rng(5).standard_normal((3, 2, 2)).astype(np.float32)
     (got,) = run_in_fresh_process(tmp_path / "saved_model", [[x]], ["x"], ["y"])
     np.testing.assert_allclose(got[0], run_onnx(model, [x])[0], rtol=1e-4, atol=1e-5)
 
