@@ -336,6 +336,19 @@ class AudioCNN(nn.Module):
         return self.fc(hidden[-1])
 
 
+class SpeechTagger(nn.Module):
+    """A speech tagger: two stacked bidirectional LSTM layers over feature frames, a tag per frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(8, 6, num_layers=2, bidirectional=True, batch_first=True)
+        self.tags = nn.Linear(12, 5)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(frames)
+        return self.tags(out).log_softmax(-1)
+
+
 class UNet3D(nn.Module):
     """A 3D U-Net for CT volumes: MaxPool3d down, ConvTranspose3d up, a skip concatenation."""
 
@@ -353,9 +366,11 @@ class UNet3D(nn.Module):
 
 FACTORIES = {"resnet": ResNet, "squeezenet": SqueezeNet, "shufflenet": ShuffleNet, "inception": Inception,
              "densenet": DenseNet, "mobilenet": MobileNet, "vit": ViT, "text_lstm": TextLSTM, "unet": UNet,
-             "convnext": ConvNeXt, "swin": Swin, "bert": Bert, "audio_cnn": AudioCNN, "unet3d": UNet3D}
+             "convnext": ConvNeXt, "swin": Swin, "bert": Bert, "audio_cnn": AudioCNN, "speech_tagger": SpeechTagger,
+             "unet3d": UNet3D}
 SHAPES = {name: ["1,3,32,32"] for name in FACTORIES} | {
     "text_lstm": ["int64:1,12"], "bert": ["int64:1,16", "int64:1,16"], "audio_cnn": ["1,1,400"],
+    "speech_tagger": ["1,20,8"],
     "unet3d": ["1,1,16,16,16"]}
 
 
