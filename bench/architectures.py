@@ -69,8 +69,10 @@ def recipe(name: str, folder: Path) -> str:
             prepare(exported).export_graph(str(folder / "saved_model"))
     except Exception as error:
         lines = str(error).strip().splitlines() or [""]
-        why = next((line.strip() for line in lines if re.search(r"is not (implemented|supported)", line)
-                    and "raise " not in line), lines[0])
+        # TensorFlow wraps the handler's error in "in user code:" and a traceback; its last message line says why
+        messages = [line.strip() for line in lines if re.search(r"\w(Error|Exception|It): ", line)
+                    and "in user code" not in line and "raise " not in line]
+        why = messages[-1] if messages else lines[0]
         return f"does not convert: {type(error).__name__}: {why[:120]}"
     rng = np.random.default_rng(0)
     feeds, expected = [], []
@@ -166,8 +168,8 @@ def write(rows: list) -> None:
         "# Architectures: the recipe by hand vs surgeon",
         "",
         f"Machine: {platform.machine()}, 2 CPUs shared with other work, Python {platform.python_version()}; "
-        "`python bench/architectures.py`. Models: `bench/zoo.py` (small stand-ins, input 1x3x32x32, "
-        "token ids 1x12). 'ok': the SavedModel, loaded in a fresh process through `serving_default`, matches "
+        "`python bench/architectures.py`. Models: `bench/zoo.py` (small stand-ins; input shapes in its "
+        "`SHAPES`). 'ok': the SavedModel, loaded in a fresh process through `serving_default`, matches "
         f"PyTorch at batch {', '.join(map(str, BATCHES))} (atol {ATOL}, rtol {RTOL}; surgeon also per sample). "
         "dynamic_batch always frees the batch dim of the graph's inputs and outputs (F5); 'nodes changed by' "
         "names the plugins that also rewrote nodes. Times: the whole conversion and check, one process each.",
