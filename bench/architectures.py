@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+import zoo  # noqa: E402  (beside this script)
+
 ZOO = HERE / "zoo.py"
 RESULTS = HERE / "results" / "architectures.md"
 PLUGINS = "dynamic_batch,pool_fix,gru_fix,opset_compat,rename_outputs"
@@ -47,8 +50,6 @@ def recipe(name: str, folder: Path) -> str:
     import onnx
     import torch
 
-    sys.path.insert(0, str(HERE))
-    import zoo
     from surgeon.device import quiet_tensorflow
     from surgeon.serving import run_in_fresh_process
     from surgeon_plugins.torch_exporter import dummy_inputs, parse_input_shape
@@ -112,9 +113,6 @@ def run_recipe(name: str) -> tuple[str, float]:
 
 
 def run_surgeon(name: str, dynamo: bool) -> tuple[str, float]:
-    sys.path.insert(0, str(HERE))
-    import zoo
-
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
         command = [sys.executable, "-m", "surgeon", "run", f"{ZOO}:build", "-o", str(out), "--plugins", PLUGINS,
@@ -146,9 +144,6 @@ def main() -> None:
     if args.recipe:
         print(recipe(args.recipe[0], Path(args.recipe[1])))
         return
-    sys.path.insert(0, str(HERE))
-    import zoo
-
     names = args.only.split(",") if args.only else list(zoo.FACTORIES)
     rows = []
     for name in names:

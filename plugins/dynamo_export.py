@@ -77,8 +77,7 @@ def install(folder: Path | None = None, *, force: bool = False) -> Path:
                        "--disable-pip-version-check", "--target", str(staging), *PACKAGES]
             finished = subprocess.run(command, capture_output=True, text=True, cwd=staging)
             if finished.returncode != 0:
-                why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
-                raise SurgeonError(f"pip could not install the dynamo exporter's packages: {why}",
+                raise SurgeonError(f"pip could not install the dynamo exporter's packages: {last_message(finished)}",
                                    hint=f"pip needs to reach a package index with {', '.join(PACKAGES)}")
             (staging / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}, indent=1))
             check_imports(staging)
@@ -100,8 +99,7 @@ def check_imports(folder: Path) -> None:
     finished = subprocess.run([sys.executable, "-c", "import onnxscript, onnx_ir, torch.onnx"],
                               env=child_environment(folder), capture_output=True, text=True, cwd=folder)
     if finished.returncode != 0:
-        why = (finished.stderr.strip().splitlines() or [f"exit status {finished.returncode}"])[-1]
-        raise SurgeonError(f"the dynamo exporter's packages in {folder} do not import: {why}")
+        raise SurgeonError(f"the dynamo exporter's packages in {folder} do not import: {last_message(finished)}")
 
 
 def child_environment(folder: Path) -> dict[str, str]:
@@ -131,10 +129,14 @@ def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_n
             raise SurgeonError(f"the dynamo exporter did not finish in {CHILD_TIMEOUT_S} s") from None
     log.debug("dynamo exporter:\n%s%s", finished.stdout, finished.stderr)
     if finished.returncode != 0 or not path.is_file():
-        lines = finished.stderr.strip().splitlines()
-        why = next((line for line in reversed(lines) if line[:1].isalpha()), f"exit status {finished.returncode}")
-        raise SurgeonError(f"the dynamo exporter failed: {why}", hint="--verbose shows its output; "
-                           "leaving torch.dynamo off uses the TorchScript exporter") from None
+        raise SurgeonError(f"the dynamo exporter failed: {last_message(finished)}", hint="--verbose shows its "
+                           "output; leaving torch.dynamo off uses the TorchScript exporter") from None
+
+
+def last_message(finished: subprocess.CompletedProcess) -> str:
+    """The last line of a failed child's stderr that is a message rather than a traceback's indented source."""
+    lines = finished.stderr.strip().splitlines()
+    return next((line for line in reversed(lines) if line[:1].isalpha()), f"exit status {finished.returncode}")
 
 
 def capture(model: torch.nn.Module, args: list[torch.Tensor], dynamic_batch: bool, program: Path) -> None:
@@ -172,15 +174,11 @@ def name_batch_axis(model: onnx.ModelProto) -> None:
 
 def translate(program: Path, path: Path, opset: int, input_names: list[str], output_names: list[str]) -> None:
     """The child process: the saved program to ONNX with the dynamo exporter."""
-    import onnx
     import torch
 
     exported = torch.export.load(program)
     torch.onnx.export(exported, (), str(path), dynamo=True, opset_version=opset, input_names=input_names,
                       output_names=output_names, external_data=False)
-    model = onnx.load(str(path))
-    name_batch_axis(model)
-    onnx.save(model, str(path))
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     export(model, args, path, input_names, output_names, options)
     seconds = time.perf_counter() - started
     exported = load_model(path)
+    if options.dynamo:
+        from surgeon_plugins.dynamo_export import name_batch_axis
+
+        name_batch_axis(exported)
     opset = opset_of(exported)
     ctx.report["export"] = {
         "exporter": "dynamo" if options.dynamo else "torchscript",
