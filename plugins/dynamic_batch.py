@@ -1,4 +1,4 @@
-"""dynamic_batch: make the batch dimension dynamic, correctly (DESIGN.md F3, F4, F5).
+"""dynamic_batch: make the batch dimension dynamic, correctly.
 
 Setting the input's batch dim to ``?`` is not enough: tracing bakes the export
 batch into the graph (``x.view(x.size(0), -1)`` becomes a Reshape to

@@ -3,7 +3,8 @@
 onnx-tf's export has the serving contract: tag ``serve`` and a
 ``serving_default`` signature keyed by the ONNX input and output names, with
 ``None`` for symbolic dimensions. The SavedModel goes straight into its
-target, which the host hands over empty inside the staging folder (F8).
+target, which the host hands over empty inside the staging folder, so a
+failed run leaves no half-written SavedModel.
 
 It differs from onnx-tf's ``export_graph`` in two ways that together halve
 the conversion of a large model, and not in what the signature computes:
@@ -16,7 +17,7 @@ the conversion of a large model, and not in what the signature computes:
 
 The SavedModel is then checked (``check_servable``): the serving contract,
 and no Python callbacks (PyFunc), which run in the converting process but
-fail in every server (DESIGN.md F1, F3); a failure names the ONNX nodes
+fail in every server ("Could not find callback"); a failure names the ONNX nodes
 behind them and the plugin that fixes them.
 """
 
@@ -24,14 +25,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from surgeon import Converter, SurgeonError, hookimpl
 from surgeon.naming import fresh_name
 from surgeon.onnx_io import real_inputs
+from surgeon_plugins.onnx_tf_compat import mended_handlers
 
 log = logging.getLogger("surgeon")
 # onnx-tf's pooling types (the pooling_type argument of its py_pool) -> ONNX op
@@ -81,11 +81,9 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
     check_input_names(model)
     model = with_unique_node_names(model)
     started = time.perf_counter()
-    with quiet_tensorflow(), recurrent_handlers_fixed():
-        from onnx_tf.backend import prepare
-
+    with quiet_tensorflow(), mended_handlers() as backend:
         imported = time.perf_counter()
-        representation = prepare(model, logging_level="INFO" if verbose() else "ERROR", auto_cast=options.auto_cast)
+        representation = backend.prepare(model, logging_level="INFO" if verbose() else "ERROR", auto_cast=options.auto_cast)
         prepared = time.perf_counter()
         export(representation, target)
     log.debug("onnx-tf: import (with TensorFlow) %.1fs, prepare %.1fs, export %.1fs",
@@ -111,57 +109,6 @@ def with_unique_node_names(model):
             node.name = fresh_name(f"{node.name or node.op_type}_{index}".lower(), taken)
         taken.add(node.name.lower())
     return renamed
-
-
-@contextmanager
-def recurrent_handlers_fixed() -> Iterator[None]:
-    """Mend two faults of onnx-tf 1.10's LSTM, GRU and RNN handlers while converting.
-
-    - It keeps the forward cell of the first such node on the handler class
-      (``RNNMixin.rnn_cell``) and hands it to every later node of the same
-      operator, in this conversion and the next: a second layer then runs
-      with the first layer's kernel, which fails when the depths differ and
-      computes wrong numbers when they are equal (a 2-layer ``nn.LSTM(4, 4)``).
-      Each node now gets a cell of its own.
-    - TensorFlow's RNN needs the input depth statically, and onnx-tf's
-      Reshape loses static shapes (it computes every target shape at run
-      time): a layer after a bidirectional one fails ("Input size (depth of
-      inputs) must be accessible via shape inference"). The depth is taken
-      from the node's weights, W [directions, gates * hidden, depth].
-    """
-    import tensorflow as tf
-    from onnx_tf.handlers.backend.gru import GRU
-    from onnx_tf.handlers.backend.lstm import LSTM
-    from onnx_tf.handlers.backend.rnn import RNN
-    from onnx_tf.handlers.backend.rnn_mixin import RNNMixin
-
-    shared_cell_rnn = RNNMixin.__dict__["rnn"]
-
-    def rnn(cls, *args, **kwargs):
-        cls.rnn_cell = None
-        return shared_cell_rnn.__func__(cls, *args, **kwargs)
-
-    def with_input_depth(common):
-        def handle(cls, node, **kwargs):
-            tensors = kwargs["tensor_dict"]
-            x, weights = tensors[node.inputs[0]], tensors.get(node.inputs[1])
-            depth = weights.shape[-1] if weights is not None and weights.shape.rank == 3 else None
-            if x.shape.rank == 3 and x.shape[-1] is None and depth is not None:
-                tensors[node.inputs[0]] = tf.ensure_shape(x, [None, None, depth])
-            return common.__func__(cls, node, **kwargs)
-
-        return classmethod(handle)
-
-    originals = {handler: handler.__dict__["_common"] for handler in (LSTM, GRU, RNN)}
-    RNNMixin.rnn = classmethod(rnn)
-    for handler, common in originals.items():
-        handler._common = with_input_depth(common)
-    try:
-        yield
-    finally:
-        RNNMixin.rnn = shared_cell_rnn
-        for handler, common in originals.items():
-            handler._common = common
 
 
 def export(representation, target: Path) -> None:

@@ -23,6 +23,9 @@ from typing import Optional
 from surgeon import SurgeonError
 
 ONNX_DOMAINS = ("", "ai.onnx")
+# onnx-tf declares tensorflow-addons, which has no wheel for Python >= 3.12 and breaks under Keras 3;
+# surgeon supplies what onnx-tf took from it (onnx_tf_compat), so onnx-tf is installed without it
+INSTALL_ONNX_TF = "pip install --no-deps onnx-tf==1.10.0"
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def handlers() -> Handlers:
     spec = importlib.util.find_spec("onnx_tf")
     if spec is None or not spec.submodule_search_locations:
         raise SurgeonError("onnx-tf is not installed: opset_compat follows the installed onnx-tf's operators",
-                           hint="pip install onnx-tf==1.10.0")
+                           hint=INSTALL_ONNX_TF)
     version = importlib.metadata.version("onnx-tf")
     tables = _literal_dicts(Path(spec.submodule_search_locations[0]) / "opset_version.py")
     if "backend_opset_version" in tables:
@@ -81,6 +84,9 @@ def _literal_dicts(path: Path) -> dict[str, dict]:
 
 def _handlers_from_import(version: str) -> Handlers:
     """Ask the handlers themselves (imports TensorFlow): for an onnx-tf without a readable opset_version.py."""
+    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+
+    imported_onnx_tf()
     from onnx_tf.common.handler_helper import get_backend_coverage, get_backend_partial_support_detail
 
     coverage, _ = get_backend_coverage()
@@ -99,4 +105,4 @@ def since_version(op: str, opset: int) -> Optional[int]:
         return None
 
 
-__all__ = ["Handlers", "ONNX_DOMAINS", "handlers", "since_version"]
+__all__ = ["Handlers", "INSTALL_ONNX_TF", "ONNX_DOMAINS", "handlers", "since_version"]

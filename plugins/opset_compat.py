@@ -1,4 +1,4 @@
-"""opset_compat: fit a model to the operator versions the installed onnx-tf converts (DESIGN.md F10, F11).
+"""opset_compat: fit a model to the operator versions the installed onnx-tf converts.
 
 onnx-tf converts a node only when it implements the version of the
 operator's schema in force at the model's opset (see ``onnx_tf_support``).

@@ -1,4 +1,4 @@
-"""pool_fix: pooling that onnx-tf converts natively and exactly (DESIGN.md F1, F2, F3).
+"""pool_fix: pooling that onnx-tf converts natively and exactly.
 
 onnx-tf 1.10 runs some pooling as ``tf.numpy_function`` (a PyFunc: the
 SavedModel saves, but no fresh process can call it) and computes some
@@ -6,11 +6,11 @@ wrongly. From its ``pool_mixin.py`` and ``dilated_pooling.py``, checked
 against it on random pooling nodes (tests/test_pool_fix_backend.py):
 
 - AveragePool with count_include_pad=0 and ceil_mode=1, SAME_LOWER, or
-  non-zero explicit pads: PyFunc (F1). Explicit pads escape only when they
+  non-zero explicit pads: PyFunc. Explicit pads escape only when they
   equal SAME_UPPER on a fully defined input shape, so a dynamic batch brings
-  the PyFunc back (F3).
+  the PyFunc back.
 - AveragePool with count_include_pad=1 and ceil_mode=1: the ceil-mode
-  extension is counted in the divisor (F2).
+  extension is counted in the divisor.
 - ceil_mode=1 where the last window would start in the end padding: ONNX
   drops that window, onnx-tf keeps it.
 - explicit pads on a fully defined shape are compared with SAME_UPPER pads
@@ -19,7 +19,7 @@ against it on random pooling nodes (tests/test_pool_fix_backend.py):
 
 ``detect`` reports exactly these nodes. An AveragePool whose pads are those
 of SAME_UPPER becomes auto_pad=SAME_UPPER, which onnx-tf pools natively at
-any batch size (F3). Any other is rewritten into an explicit Pad (the lowest value of the dtype for MaxPool, 0 otherwise) and
+any batch size. Any other is rewritten into an explicit Pad (the lowest value of the dtype for MaxPool, 0 otherwise) and
 the same pooling without padding in floor mode, which onnx-tf converts
 natively. Ceil mode is floor mode over ``min(end_pad + stride - 1, span -
 1)`` end padding (span: the dilated kernel): that keeps exactly the windows
@@ -52,6 +52,7 @@ log = logging.getLogger("surgeon")
 
 POOLS = ("MaxPool", "AveragePool", "LpPool")
 MIN_OPSET = 11  # Pad takes its pads as an input from opset 11 on
+BECOMES_PYFUNC = "becomes a PyFunc (a Python callback that no server can run)"
 
 
 @dataclass(frozen=True)
@@ -202,18 +203,19 @@ def onnx_tf_trouble(pool: Pool) -> Optional[str]:
             mode = "SAME_UPPER"
     if op == "AveragePool" and not pool.count_pad:
         if pool.ceil:
-            return "AveragePool with count_include_pad=0 and ceil_mode=1 becomes a PyFunc (F1)"
+            return f"AveragePool with count_include_pad=0 and ceil_mode=1 {BECOMES_PYFUNC}"
         if mode == "SAME_LOWER":
-            return "AveragePool with count_include_pad=0 and SAME_LOWER becomes a PyFunc (F1)"
+            return f"AveragePool with count_include_pad=0 and SAME_LOWER {BECOMES_PYFUNC}"
         if mode == "NOTSET" and any(pool.pads):
             if pool.explicit_pads() == same_pads(pool.dims, pool):
-                return ("AveragePool with count_include_pad=0 and pads becomes a PyFunc: they pass as SAME_UPPER "
-                        "only on a fully defined input shape (F1, F3)")
-            return "AveragePool with count_include_pad=0 and non-zero pads becomes a PyFunc (F1)"
+                return (f"AveragePool with count_include_pad=0 and pads {BECOMES_PYFUNC}: they pass as SAME_UPPER "
+                        "only on a fully defined input shape, which a dynamic batch is not")
+            return f"AveragePool with count_include_pad=0 and non-zero pads {BECOMES_PYFUNC}"
         return None
     if pool.ceil and mode == "NOTSET":
         if op == "AveragePool" and ceil_extends(pool):
-            return "AveragePool with count_include_pad=1 and ceil_mode=1 counts the ceil-mode extension (F2)"
+            return ("AveragePool with count_include_pad=1 and ceil_mode=1 counts the ceil-mode extension in the "
+                    "divisor: wrong numbers")
         if last_window_in_padding(pool):
             return "ceil_mode=1: onnx-tf keeps a last window that starts in the end padding, which ONNX drops"
     return None

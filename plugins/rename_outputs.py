@@ -1,4 +1,4 @@
-"""rename_outputs: stable graph input and output names (DESIGN.md F6).
+"""rename_outputs: stable graph input and output names.
 
 The names of a model's inputs and outputs become the keys of the SavedModel
 signature and the tensor names in a Triton config. Exporters generate names

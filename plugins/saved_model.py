@@ -3,6 +3,12 @@
 The converter has already checked it against the serving contract and for
 Python callbacks (see ``surgeon_plugins.onnx_tf_converter.check_servable``);
 verification runs it in a fresh process, as a server would.
+
+The folder carries what made it: TensorFlow's version in ``saved_model.pb``,
+and the rest of the stack (onnx-tf, onnx, torch, ...) in
+``assets.extra/surgeon.json``, written by the pipeline right after conversion
+so that every copy (this one, Triton's ``model.savedmodel``) has it; servers
+ignore ``assets.extra``. ``surgeon inspect OUT/saved_model`` prints both.
 """
 
 from __future__ import annotations
@@ -22,5 +28,6 @@ def write(ctx, options, out_dir: Path) -> None:
 @hookimpl
 def surgeon_writers():
     return [Writer(name="saved_model", doc="OUT/saved_model: SavedModel for TF Serving and Triton, signature "
-                   "serving_default keyed by the ONNX names; refuses models that call back into Python.",
+                   "serving_default keyed by the ONNX names; refuses models that call back into Python. "
+                   "assets.extra/surgeon.json names the versions that made it.",
                    write=write, needs_saved_model=True)]

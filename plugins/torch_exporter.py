@@ -5,10 +5,13 @@ or ``package.module:NAME`` (called with ``--set torch.kwargs=JSON``), or a
 bundled example ``example:NAME`` (``--example NAME``). The weights come
 from ``--weights CKPT`` (a state_dict, loaded with ``weights_only=True``,
 see ``checkpoints``). The model is exported with ``torch.onnx.export`` at
-the shapes given, as the recipe did, so the batch is fixed (DESIGN.md F4):
+the shapes given, as the recipe did, so the batch is fixed:
 ``dynamic_batch`` then makes it dynamic, or ``dynamic_batch_export=true``
-asks the exporter for a dynamic batch axis. ``dynamo=true`` uses the
-torch.export-based exporter instead (see ``dynamo_export``).
+asks the exporter for a dynamic batch axis. ``dynamo=true`` captures the
+model with ``torch.export`` and translates it with torch's dynamo exporter
+instead, which needs onnxscript and onnx-ir (``pip install 'surgeon[dynamo]'``)
+and writes opset 18 unless torch manages the opset asked for; ``opset_compat``
+brings such a model within onnx-tf's reach.
 
 Input shapes (``--input-shape``, repeatable, or ``--set torch.input_shapes=A,B``)
 are sizes separated by commas or ``x``, optionally after a dtype and a colon:
@@ -21,6 +24,7 @@ The PyTorch model itself becomes the reference of the parity check.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import re
@@ -47,10 +51,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("surgeon")
 
-# onnx-tf 1.10 has no handler for Squeeze-13 and Unsqueeze-13 (DESIGN.md F11)
+# onnx-tf 1.10 has no handler for Squeeze-13 and Unsqueeze-13
 DEFAULT_OPSET = 12
 # what torch exports scaled_dot_product_attention, LayerNorm and GELU at; opset_compat lowers it
 OPSET_WITH_COMPAT = 17
+# what the dynamo exporter writes; its own version conversion rarely gets lower
+DYNAMO_OPSET = 18
+# what the dynamo exporter translates with (module: package); they need ml-dtypes >= 0.5, which TensorFlow 2.15
+# cannot share
+DYNAMO_PACKAGES = {"onnxscript": "onnxscript", "onnx_ir": "onnx-ir"}
 EXAMPLE_PREFIX = "example:"
 MODULE_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
@@ -90,11 +99,11 @@ class TorchOptions:
     output_names: list[str] = field(default_factory=list, metadata={
         "doc": "ONNX output names (default: output, or output_0, output_1, ...)"})
     opset: Optional[int] = field(default=None, metadata={
-        "doc": f"ONNX opset (default {DEFAULT_OPSET}; when opset_compat runs, {OPSET_WITH_COMPAT}, or 18 with "
-               "dynamo: onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
+        "doc": f"ONNX opset (default {DEFAULT_OPSET}; when opset_compat runs, {OPSET_WITH_COMPAT}, or "
+               f"{DYNAMO_OPSET} with dynamo: onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
     dynamo: bool = field(default=False, metadata={
-        "doc": "use the torch.export-based exporter, in a child process (run `surgeon setup-dynamo` once); "
-               "it writes opset 18, which opset_compat lowers"})
+        "doc": "use the torch.export-based exporter (needs pip install 'surgeon[dynamo]'); "
+               f"it writes opset {DYNAMO_OPSET}, which opset_compat lowers"})
     dynamic_batch_export: bool = field(default=False, metadata={
         "doc": "ask the exporter for a dynamic batch axis instead of exporting at the given shapes"})
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
@@ -122,6 +131,8 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     from surgeon.onnx_io import load_model, opset_of
     from surgeon_plugins.checkpoints import load_weights
 
+    if options.dynamo:
+        require_dynamo_packages()
     if options.opset is None:
         options = dataclasses.replace(options, opset=default_opset(options, ctx.config.plugins))
     model, inputs = build(spec, options)
@@ -144,8 +155,6 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     seconds = time.perf_counter() - started
     exported = load_model(path)
     if options.dynamo:
-        from surgeon_plugins.dynamo_export import name_batch_axis
-
         name_batch_axis(exported)
     opset = opset_of(exported)
     ctx.report["export"] = {
@@ -168,11 +177,20 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
 
 def default_opset(options: TorchOptions, plugins: Sequence[str]) -> int:
     """One onnx-tf converts, or a newer one when opset_compat runs to bring it within reach."""
-    from surgeon_plugins.dynamo_export import NATIVE_OPSET
-
     if "opset_compat" not in plugins:
         return DEFAULT_OPSET
-    return NATIVE_OPSET if options.dynamo else OPSET_WITH_COMPAT
+    return DYNAMO_OPSET if options.dynamo else OPSET_WITH_COMPAT
+
+
+def require_dynamo_packages() -> None:
+    """Fail with what to install when the dynamo exporter's packages are missing (before the model is built)."""
+    missing = [package for module, package in DYNAMO_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SurgeonError(
+            f"option torch.dynamo: the dynamo exporter needs onnxscript and onnx-ir ({' and '.join(missing)} "
+            "not installed)",
+            hint="pip install 'surgeon[dynamo]'; they need ml-dtypes >= 0.5 and so TensorFlow >= 2.16 (the default "
+                 "stack of constraints.txt). With TensorFlow 2.15, which pins ml-dtypes 0.3, leave torch.dynamo off")
 
 
 def build(spec: str, options: TorchOptions) -> tuple[torch.nn.Module, list[InputSpec]]:
@@ -305,25 +323,95 @@ def flat_outputs(value: Any) -> list[torch.Tensor]:
 
 def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
            output_names: list[str], options: TorchOptions) -> None:
-    import torch
-
-    if options.dynamo:
-        from surgeon_plugins.dynamo_export import export as dynamo_export
-
-        dynamo_export(model, args, path, input_names, output_names, options.opset, options.dynamic_batch_export)
-        return
-    dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
-                    if options.dynamic_batch_export else None)
+    """Write the model's ONNX to ``path``; torch's warnings go to the debug log (--verbose)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            torch.onnx.export(model, tuple(args), str(path), dynamo=False, opset_version=options.opset,
-                              input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
-        except Exception as error:
-            raise SurgeonError(f"torch.onnx.export failed at opset {options.opset} ({describe(error)})",
-                               hint="another --set torch.opset=N may help") from None
+        if options.dynamo:
+            export_with_dynamo(model, args, path, input_names, output_names, options)
+        else:
+            export_with_torchscript(model, args, path, input_names, output_names, options)
     for warning in caught:
         log.debug("torch.onnx.export: %s", warning.message)
+
+
+def export_with_torchscript(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
+                            output_names: list[str], options: TorchOptions) -> None:
+    import torch
+
+    dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
+                    if options.dynamic_batch_export else None)
+    try:
+        torch.onnx.export(model, tuple(args), str(path), dynamo=False, opset_version=options.opset,
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
+    except Exception as error:
+        raise SurgeonError(f"torch.onnx.export failed at opset {options.opset} ({describe(error)})",
+                           hint="another --set torch.opset=N may help") from None
+
+
+def export_with_dynamo(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
+                       output_names: list[str], options: TorchOptions) -> None:
+    """Capture the model with torch.export, then translate the program with the dynamo exporter."""
+    import torch
+
+    program = capture(model, args, options.dynamic_batch_export)
+    with torch_onnx_log_at_debug():
+        try:
+            torch.onnx.export(program, (), str(path), dynamo=True, opset_version=options.opset, verbose=False,
+                              input_names=input_names, output_names=output_names, external_data=False)
+        except Exception as error:
+            raise SurgeonError(f"the dynamo exporter failed at opset {options.opset} ({describe(error)})",
+                               hint="--verbose shows its log; leaving torch.dynamo off uses the TorchScript "
+                                    "exporter") from None
+
+
+def capture(model: torch.nn.Module, args: list[torch.Tensor], dynamic_batch: bool) -> torch.export.ExportedProgram:
+    """``torch.export`` the model; a dynamic batch is traced at batch 2 at least, since torch specializes
+    sizes 0 and 1."""
+    import torch
+
+    dynamic_shapes = None
+    if dynamic_batch:
+        args = [tensor.expand(max(2, tensor.shape[0]), *tensor.shape[1:]).contiguous() for tensor in args]
+        batch = torch.export.Dim(BATCH_AXIS)
+        dynamic_shapes = tuple({0: batch} for _ in args)
+    try:
+        return torch.export.export(model, tuple(args), dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as error:
+        hint = ("without torch.dynamic_batch_export the batch is captured fixed, and dynamic_batch frees it"
+                if dynamic_batch else "leaving torch.dynamo off uses the TorchScript exporter")
+        raise SurgeonError(f"torch.export cannot capture the model ({describe(error)})", hint=hint) from None
+
+
+@contextmanager
+def torch_onnx_log_at_debug() -> Iterator[None]:
+    """Send the log of ``torch.onnx`` (such as "torchvision is not installed") to surgeon's debug log, shown
+    with --verbose, rather than to the terminal."""
+    torch_onnx_log = logging.getLogger("torch.onnx")
+    handlers, propagate = torch_onnx_log.handlers, torch_onnx_log.propagate
+    torch_onnx_log.handlers, torch_onnx_log.propagate = [DebugLogRelay()], False
+    try:
+        yield
+    finally:
+        torch_onnx_log.handlers, torch_onnx_log.propagate = handlers, propagate
+
+
+class DebugLogRelay(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("%s: %s", record.name, record.getMessage())
+
+
+def name_batch_axis(model: onnx.ModelProto) -> None:
+    """Call the first input's symbolic batch dim ``batch`` in the graph's inputs, outputs and value_info
+    (the dynamo exporter names it after its symbol, e.g. ``s31``)."""
+    graph = model.graph
+    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
+    symbol = dims[0].dim_param if dims else ""
+    if not symbol:
+        return
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param == symbol:
+                dim.dim_param = BATCH_AXIS
 
 
 def reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], list[np.ndarray]]:

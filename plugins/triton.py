@@ -1,25 +1,45 @@
 """triton: a Triton Inference Server model repository (``--format triton``).
 
-Writes ``OUT/triton/<name>/config.pbtxt`` with ``1/model.savedmodel/``
-(platform ``tensorflow_savedmodel``) and, because Triton's TensorFlow backend
-is deprecated (DESIGN.md F9), the same ONNX as a second model
-``<name>_onnx`` (platform ``onnxruntime_onnx``) with identical tensor names,
-dims and max_batch_size.
+Writes two models with identical tensor names, dims and max_batch_size:
+
+- ``OUT/triton/<name>/``: ``config.pbtxt`` with ``1/model.savedmodel/``
+  (platform ``tensorflow_savedmodel``), for Triton's TensorFlow backend.
+  Triton deprecated that backend in release 25.03 and stopped building it:
+  25.02 is the last release whose containers can load this entry.
+- ``OUT/triton/<name>_onnx/``: ``config.pbtxt`` with ``1/model.onnx``
+  (platform ``onnxruntime_onnx``), the same ONNX as ``OUT/model.onnx``, for
+  the ONNX Runtime backend: the entry every current release loads, and the
+  only one from 25.03 on.
+
+Each config turns Triton's dynamic batching on when the batch is dynamic
+(``--set triton.dynamic_batching=false`` turns it off) and names an instance
+group (``KIND_AUTO``: GPU when Triton sees one, else CPU; ``instance_kind``
+and ``instance_count`` choose).
 
 With ``repository`` set, the new version is also published into that
-existing repository after the whole run succeeded: staged in a hidden
-folder inside the model folder (Triton ignores non-numeric folders), then
-renamed to the next free version number, leaving other versions untouched.
+existing repository after the whole run succeeded, all entries or none:
+each is staged in a hidden folder inside its model folder (Triton ignores
+non-numeric folders there), then all are renamed to the next free version
+number, leaving other versions untouched; if any step fails, what this run
+staged, renamed or replaced is taken back.
+
+After the run, the docker command that starts Triton on the repository and
+the ``perf_analyzer`` command that measures the served model are logged and
+kept in the report (``triton_commands``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shlex
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnx
 
@@ -27,6 +47,8 @@ from surgeon import SurgeonError, Writer, hookimpl
 from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.verify import static_batch
+
+log = logging.getLogger("surgeon")
 
 TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.DOUBLE: "TYPE_FP64",
@@ -37,61 +59,87 @@ TRITON_TYPES = {
 }
 PLATFORMS = {"savedmodel": ("tensorflow_savedmodel", "model.savedmodel"), "onnx": ("onnxruntime_onnx", "model.onnx")}
 
+# Triton 25.02 is the last release whose containers hold the TensorFlow backend (its build script builds it;
+# from 25.03 on it is deprecated and no longer built). The ONNX Runtime backend is in every release.
+LAST_TENSORFLOW_RELEASE = "25.02"
+DEFAULT_RELEASE = "26.07"  # a current release, for the printed docker command
+IMAGE = "nvcr.io/nvidia/tritonserver:{release}-py3"
+SYMBOLIC_DIM_SIZE = 4  # what verification feeds a symbolic dimension other than the batch
+PORTS = (8000, 8001, 8002)  # HTTP, GRPC, metrics
+GRPC_URL = "localhost:8001"
+CONCURRENCY = "1:4"
+
 
 @dataclass(frozen=True)
 class TritonOptions:
     name: str = field(default="", metadata={"doc": "model name (default: from SOURCE)"})
     version: int = field(default=0, metadata={"doc": "version folder (default: 1, or the next free one)"})
     max_batch_size: int = field(default=8, metadata={"doc": "used when the batch is dynamic; 0 when it is fixed"})
-    dynamic_batching: bool = field(default=False, metadata={"doc": "let Triton batch requests together"})
+    dynamic_batching: bool = field(default=True, metadata={
+        "doc": "let Triton batch requests together (when the batch is dynamic)"})
     preferred_batch_sizes: list[int] = field(default_factory=list, metadata={"doc": "with dynamic_batching"})
     max_queue_delay_us: int = field(default=0, metadata={"doc": "with dynamic_batching: how long to wait for more"})
-    instance_count: int = field(default=0, metadata={"doc": "model instances (0: Triton's default)"})
-    instance_kind: Literal["auto", "cpu", "gpu"] = "auto"
-    onnx: bool = field(default=True, metadata={"doc": "also write <name>_onnx for the ONNX Runtime backend"})
+    instance_count: int = field(default=0, metadata={
+        "doc": "model instances, on each GPU with KIND_GPU (0: Triton's default)"})
+    instance_kind: Literal["auto", "cpu", "gpu"] = field(default="auto", metadata={
+        "doc": "where instances run: auto (KIND_AUTO: a GPU when Triton sees one), cpu or gpu"})
+    onnx: bool = field(default=True, metadata={
+        "doc": "also write <name>_onnx for the ONNX Runtime backend: the entry Triton loads from 25.03 on "
+               "(<name>, the SavedModel, needs the TensorFlow backend: Triton 25.02 or earlier)"})
     repository: str = field(default="", metadata={"doc": "also publish into this existing repository"})
+    release: str = field(default="", metadata={
+        "doc": f"Triton release (YY.MM) in the printed docker command (default: {DEFAULT_RELEASE}; "
+               f"{LAST_TENSORFLOW_RELEASE} with onnx=false)"})
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1 (a fixed batch gets 0 by itself)")
+        wrong = [size for size in self.preferred_batch_sizes if not 1 <= size <= self.max_batch_size]
+        if wrong:
+            raise ValueError(f"preferred_batch_sizes {wrong[0]} is not within 1..max_batch_size "
+                             f"({self.max_batch_size})")
+        if self.version < 0 or self.instance_count < 0 or self.max_queue_delay_us < 0:
+            raise ValueError("version, instance_count and max_queue_delay_us cannot be negative")
+        if self.release and not re.fullmatch(r"\d{2}\.\d{2}", self.release):
+            raise ValueError(f"release {self.release!r} is not YY.MM, e.g. {DEFAULT_RELEASE}")
 
 
 def write(ctx, options: TritonOptions, out_dir: Path) -> None:
     name = options.name or default_name(ctx.config.source)
     version = str(options.version or 1)
     root = out_dir / "triton"
+    # the same SavedModel as OUT/saved_model: verify it once, whichever writer runs first
+    verified_elsewhere = any(writer.name == "saved_model" for writer, _ in ctx.plan.writers)
     for model_name, kind in models(name, options):
         folder = root / model_name
         (folder / version).mkdir(parents=True)
         (folder / "config.pbtxt").write_text(config_text(ctx.model, model_name, kind, options))
         if kind == "savedmodel":
             link_tree(ctx.saved_model(), folder / version / PLATFORMS[kind][1])
-            if "saved_model" not in ctx.served_models:  # the same SavedModel: verify it once
+            if not verified_elsewhere:  # a triton-only run: verification loads this entry in a fresh process
                 ctx.served_models["triton"] = folder / version / PLATFORMS[kind][1]
         else:
             shutil.copy2(ctx.onnx_path, folder / version / PLATFORMS[kind][1])
 
 
 def publish(ctx, options: TritonOptions, out_dir: Path) -> None:
-    """Add the version written in OUT to ``options.repository`` as a new version folder."""
-    if not options.repository:
-        return
-    repository = Path(options.repository)
-    if not repository.is_dir():
-        raise SurgeonError(f"triton.repository {repository}: no such folder")
+    """After the run: publish into ``options.repository`` when set, then log how to serve and measure the model."""
     name = options.name or default_name(ctx.config.source)
-    written = out_dir / "triton"
-    for model_name, kind in models(name, options):
-        source = written / model_name
-        target = repository / model_name
-        target.mkdir(exist_ok=True)
-        version = options.version or next_version(target)
-        if (target / str(version)).exists():
-            raise SurgeonError(f"triton.repository: {target / str(version)} exists; versions are never overwritten")
-        staging = Path(tempfile.mkdtemp(prefix=".surgeon-", dir=target))
-        try:
-            shutil.copytree(next(p for p in source.iterdir() if p.is_dir()), staging / "version")
-            _replace_file(target / "config.pbtxt", (source / "config.pbtxt").read_text())
-            (staging / "version").rename(target / str(version))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        ctx.report.setdefault("triton_published", []).append(str(target / str(version)))
+    served = out_dir / "triton"
+    if options.repository:
+        repository = Path(options.repository)
+        published = publish_versions(repository, [out_dir / "triton" / model for model, _ in models(name, options)],
+                                     options.version)
+        ctx.report.setdefault("triton_published", []).extend(str(path) for path in published)
+        served = repository
+    batched = static_batch(ctx.model) is None
+    commands = serving_commands(ctx.model, name, options, served, verified_batch(ctx.report, options, batched))
+    ctx.report["triton_commands"] = commands
+    if not options.onnx and not loads_tensorflow(commands["release"]):
+        log.warning("triton: Triton %s has no TensorFlow backend and cannot load %s; use release %s or earlier, "
+                    "or leave triton.onnx on", commands["release"], name, LAST_TENSORFLOW_RELEASE)
+    for line in commands_text(name, options, commands):
+        log.info("%s", line)
 
 
 def models(name: str, options: TritonOptions) -> list[tuple[str, str]]:
@@ -122,10 +170,8 @@ def config_text(model: onnx.ModelProto, name: str, kind: str, options: TritonOpt
             if options.preferred_batch_sizes else ""
         delay = f" max_queue_delay_microseconds: {options.max_queue_delay_us}" if options.max_queue_delay_us else ""
         lines.append(f"dynamic_batching {{{preferred}{delay} }}")
-    if options.instance_count or options.instance_kind != "auto":
-        count = f" count: {options.instance_count}" if options.instance_count else ""
-        kind_line = f" kind: KIND_{options.instance_kind.upper()}" if options.instance_kind != "auto" else ""
-        lines.append(f"instance_group [ {{{count}{kind_line} }} ]")
+    count = f" count: {options.instance_count}" if options.instance_count else ""
+    lines.append(f"instance_group [ {{{count} kind: KIND_{options.instance_kind.upper()} }} ]")
     return "\n".join(lines) + "\n"
 
 
@@ -142,13 +188,171 @@ def tensor_entry(value: onnx.ValueInfoProto, batched: bool) -> str:
     return f'  {{ name: "{value.name}" data_type: {TRITON_TYPES[tensor_type.elem_type]} {shape} }}'
 
 
-def _replace_file(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    partial.replace(path)
+# --- publishing: every entry or none ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    source: Path  # OUT/triton/<model>
+    target: Path  # REPOSITORY/<model>
+    version: int
+    staging: Path | None = None
+
+
+def publish_versions(repository: Path, sources: list[Path], version: int = 0) -> list[Path]:
+    """Add each model folder of ``sources`` to ``repository`` as a new version of the model of the same name.
+
+    All or nothing: every entry is staged first (a hidden folder inside its model folder), then renamed into
+    place. If any step fails, or the run is interrupted, what was staged, renamed, replaced or created is taken
+    back and the repository is left as it was. Returns the new version folders.
+    """
+    if not repository.is_dir():
+        raise SurgeonError(f"triton.repository {repository}: no such folder")
+    entries = []
+    for source in sources:
+        target = repository / source.name
+        if target.exists() and not target.is_dir():
+            raise SurgeonError(f"triton.repository: {target} is not a folder; nothing was published")
+        number = version or (next_version(target) if target.is_dir() else 1)
+        if os.path.lexists(target / str(number)):
+            raise SurgeonError(f"triton.repository: {target / str(number)} exists; versions are never overwritten")
+        entries.append(_Entry(source, target, number))
+    undo: list[tuple[str, Callable[[], Any]]] = []  # what to take back, in the order it was done
+    try:
+        for entry in entries:  # stage everything before anything is visible to Triton
+            if not entry.target.exists():
+                entry.target.mkdir()
+                undo.append((f"remove {entry.target}", lambda path=entry.target: shutil.rmtree(path)))
+            entry.staging = Path(tempfile.mkdtemp(prefix=".surgeon-", dir=entry.target))
+            shutil.copytree(next(p for p in entry.source.iterdir() if p.is_dir()), entry.staging / "version")
+            shutil.copy2(entry.source / "config.pbtxt", entry.staging / "config.pbtxt")
+        for entry in entries:  # then rename each into place
+            undo.append(_replace_config(entry))
+            published = entry.target / str(entry.version)
+            (entry.staging / "version").rename(published)
+            undo.append((f"remove {published}", lambda path=published: shutil.rmtree(path)))
+    except BaseException as error:
+        left = _take_back(undo)
+        if isinstance(error, OSError):
+            where = f" ({error.filename})" if error.filename else ""
+            state = f"could not take back: {'; '.join(left)}" if left else "the repository was left as it was"
+            raise SurgeonError(f"triton.repository {repository}: publishing failed: "
+                               f"{error.strerror or error}{where}; {state}") from error
+        raise
+    finally:
+        for entry in entries:
+            if entry.staging is not None:
+                shutil.rmtree(entry.staging, ignore_errors=True)
+    return [entry.target / str(entry.version) for entry in entries]
+
+
+def _replace_config(entry: _Entry) -> tuple[str, Callable[[], Any]]:
+    """Put the staged config.pbtxt in place; return how to put the previous one back."""
+    config = entry.target / "config.pbtxt"
+    previous = entry.staging / "config.previous"
+    had_one = config.is_file()
+    if had_one:
+        shutil.copy2(config, previous)
+    os.replace(entry.staging / "config.pbtxt", config)
+    if had_one:
+        return f"restore {config}", lambda: os.replace(previous, config)
+    return f"remove {config}", lambda: config.unlink(missing_ok=True)
+
+
+def _take_back(undo: list[tuple[str, Callable[[], Any]]]) -> list[str]:
+    """Undo the steps, last first; return those that failed."""
+    failed = []
+    for what, action in reversed(undo):
+        try:
+            action()
+        except OSError as error:
+            failed.append(f"{what} ({error.strerror or error})")
+            log.warning("triton.repository: could not %s: %s", what, error.strerror or error)
+    return failed
+
+
+# --- how to serve and measure it -----------------------------------------------------------------------------
+
+
+def release_of(options: TritonOptions) -> str:
+    return options.release or (DEFAULT_RELEASE if options.onnx else LAST_TENSORFLOW_RELEASE)
+
+
+def loads_tensorflow(release: str) -> bool:
+    """Whether the containers of Triton ``release`` hold the TensorFlow backend."""
+    return tuple(map(int, release.split("."))) <= tuple(map(int, LAST_TENSORFLOW_RELEASE.split(".")))
+
+
+def verified_batch(report: dict[str, Any], options: TritonOptions, batched: bool) -> int:
+    """The largest batch size verification checked that the served config accepts (1 without verification)."""
+    if not batched:
+        return 1
+    sizes = {row["batch"] for row in report.get("parity", []) if row["ok"]}
+    return max((size for size in sizes if size <= options.max_batch_size), default=1)
+
+
+def perf_analyzer_command(model: onnx.ModelProto, model_name: str, batch: int) -> list[str]:
+    """perf_analyzer on ``model_name`` over GRPC: each input's shape without the batch dim; ``-b`` when batched."""
+    batched = static_batch(model) is None
+    command = ["perf_analyzer", "-m", model_name, "-u", GRPC_URL, "-i", "grpc"]
+    for value in real_inputs(model):
+        dims = [dim.dim_value if dim.HasField("dim_value") else SYMBOLIC_DIM_SIZE
+                for dim in value.type.tensor_type.shape.dim]
+        dims = (dims[1:] if batched else dims) or [1]  # a per-sample scalar is dims [1] in the config
+        command += ["--shape", f"{value.name}:{','.join(map(str, dims))}"]
+    if batched:
+        command += ["-b", str(batch)]
+    return command + ["--concurrency-range", CONCURRENCY]
+
+
+def docker_command(repository: Path, release: str, load: list[str] | None, gpus: bool) -> list[str]:
+    """``docker run`` of Triton ``release`` on ``repository``; ``load``: only these models (explicit control mode)."""
+    command = ["docker", "run", "--rm"] + (["--gpus=all"] if gpus else [])
+    for port in PORTS:
+        command += ["-p", f"{port}:{port}"]
+    command += ["-v", f"{repository.resolve()}:/models", IMAGE.format(release=release),
+                "tritonserver", "--model-repository=/models"]
+    if load:
+        command += ["--model-control-mode=explicit", *(f"--load-model={name}" for name in load)]
+    return command
+
+
+def serving_commands(model: onnx.ModelProto, name: str, options: TritonOptions, repository: Path,
+                     batch: int) -> dict[str, Any]:
+    """The docker and perf_analyzer command lines for the entry that Triton ``release_of(options)`` loads."""
+    release = release_of(options)
+    target = f"{name}_onnx" if options.onnx else name
+    # from 25.03 on the SavedModel entry cannot load, and a model failing at startup stops Triton: load the ONNX
+    # entry alone
+    load = None if loads_tensorflow(release) else [target]
+    return {
+        "release": release,
+        "model": target,
+        "docker": shlex.join(docker_command(repository, release, load, gpus=options.instance_kind != "cpu")),
+        "perf_analyzer": shlex.join(perf_analyzer_command(model, target, batch)),
+    }
+
+
+def commands_text(name: str, options: TritonOptions, commands: dict[str, Any]) -> list[str]:
+    """The lines logged at the end of the run."""
+    release, target = commands["release"], commands["model"]
+    if not options.onnx:
+        which = (f"serve and measure {name} with Triton {release} "
+                 f"({LAST_TENSORFLOW_RELEASE} is the last release with the TensorFlow backend)")
+    elif loads_tensorflow(release):
+        which = f"serve {name} and {target} with Triton {release}, and measure {target}"
+    else:
+        which = (f"serve and measure {target} with Triton {release} "
+                 f"(the SavedModel entry {name} needs {LAST_TENSORFLOW_RELEASE} or earlier)")
+    return [f"triton: {which}:",
+            f"  {commands['docker']}",
+            f"  {commands['perf_analyzer']}",
+            f"  (perf_analyzer is in {IMAGE.format(release=release)}-sdk)"]
 
 
 @hookimpl
 def surgeon_writers():
-    return [Writer(name="triton", doc="OUT/triton: a Triton model repository (SavedModel + ONNX Runtime models).",
+    return [Writer(name="triton", doc="OUT/triton: a Triton model repository: <name>_onnx for the ONNX Runtime "
+                   "backend (every release; the only entry from 25.03 on) and <name>, the SavedModel, for the "
+                   "TensorFlow backend (25.02 and earlier).",
                    options=TritonOptions, write=write, publish=publish, needs_saved_model=True)]

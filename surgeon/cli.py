@@ -1,4 +1,4 @@
-"""The command line: ``surgeon run``, ``plugins``, ``inspect``, ``new-plugin``, ``setup-dynamo``.
+"""The command line: ``surgeon run``, ``plugins``, ``inspect``, ``new-plugin``.
 
 Imports stay light here: TensorFlow and PyTorch are imported only by the
 plugins that need them, when a run needs them.
@@ -97,15 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common])
     new_plugin.add_argument("name", metavar="NAME", help="the plugin's name, e.g. fold_bn")
     new_plugin.add_argument("--dir", default=".", metavar="PARENT", help="where to create surgeon-NAME/ (default: .)")
-    setup_dynamo = commands.add_parser(
-        "setup-dynamo", parents=[common],
-        help="install the packages of torch's dynamo exporter (--set torch.dynamo=true) apart from TensorFlow",
-        description="Install onnxscript, onnx-ir and ml-dtypes 0.5 into a folder of their own: the dynamo "
-        "exporter needs them, and TensorFlow 2.15 cannot share an environment with them. Exports with "
-        "--set torch.dynamo=true then run in a child process that sees that folder.")
-    setup_dynamo.add_argument("--target", metavar="DIR",
-                              help="where to install (default: $SURGEON_DYNAMO_HOME, else the user cache)")
-    setup_dynamo.add_argument("--force", action="store_true", help="reinstall even if present")
     return parser
 
 
@@ -118,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(getattr(args, "verbose", False))
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        commands = {"run": _run, "plugins": _plugins, "inspect": _inspect, "new-plugin": _new_plugin,
-                    "setup-dynamo": _setup_dynamo}
+        commands = {"run": _run, "plugins": _plugins, "inspect": _inspect, "new-plugin": _new_plugin}
         return commands[args.command](args)
     except SurgeonError as error:
         _fail(args, error, str(error))
@@ -230,14 +220,4 @@ def _new_plugin(args: argparse.Namespace) -> int:
     folder = new_plugin(args.name, Path(args.dir))
     print(f"wrote {folder}; next:\n  cd {folder} && pip install -e '.[test]' && python -m pytest\n"
           f"  surgeon run model.onnx -o out/ --plugins {args.name}")
-    return 0
-
-
-def _setup_dynamo(args: argparse.Namespace) -> int:
-    from surgeon_plugins.dynamo_export import HOME_VARIABLE, home, install
-
-    target = Path(args.target) if args.target else None
-    folder = install(target, force=args.force)
-    extra = "" if target is None or folder == home().resolve() else f" (with {HOME_VARIABLE}={folder})"
-    print(f"surgeon: the dynamo exporter is ready in {folder}; use it with --set torch.dynamo=true{extra}")
     return 0

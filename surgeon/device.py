@@ -1,4 +1,4 @@
-"""What TensorFlow sees: the one GPU it may use (DESIGN.md F7), and how loud it is.
+"""What TensorFlow sees: the one GPU it may use, and how loud it is.
 
 Several visible GPUs make XLA fail during conversion, and CUDA_VISIBLE_DEVICES
 only takes effect when set before TensorFlow is first imported; so the GPUs
@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -117,8 +118,13 @@ def quiet_tensorflow() -> Iterator[ModuleType]:
     """Import TensorFlow and hide its, absl's and TensorFlow Addons' log noise in this block, unless verbose.
 
     TensorFlow's C++ logging can only be silenced before TensorFlow is first
-    imported. TensorFlow resets absl's log level while it works, so records
-    are filtered rather than levels set.
+    imported (TF_CPP_MIN_LOG_LEVEL), and on TensorFlow 2.21 not even then:
+    its libraries log through absl while they load, which no environment
+    variable quiets ("All log messages before absl::InitializeLog() is called
+    are written to STDERR", then oneDNN's and CUDA's notes, once per library),
+    so what the first import writes to stderr is held back (see
+    ``import_tensorflow``). TensorFlow resets absl's log level while it works,
+    so records are filtered rather than levels set.
     """
     loud = verbose()
     if not loud:
@@ -129,7 +135,7 @@ def quiet_tensorflow() -> Iterator[ModuleType]:
             # TensorFlow Addons' end-of-life notice, Keras' notes on the layers onnx-tf uses, ...
             warnings.filterwarnings("ignore", module="(tensorflow|tensorflow_addons|keras|onnx_tf)(\\.|$)")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-        import tensorflow
+        tensorflow = import_tensorflow()
 
         for logger in loggers:
             logger.addFilter(_errors_only)
@@ -138,6 +144,74 @@ def quiet_tensorflow() -> Iterator[ModuleType]:
         finally:
             for logger in loggers:
                 logger.removeFilter(_errors_only)
+
+
+def import_tensorflow() -> ModuleType:
+    """``import tensorflow``, holding back what its C++ libraries write to stderr while they load unless that is
+    asked for (see ``holds_back_import_logs``); a failed import shows everything it wrote."""
+    if "tensorflow" not in sys.modules and holds_back_import_logs():
+        with stderr_held_back():
+            import tensorflow
+    import tensorflow
+
+    return tensorflow
+
+
+def holds_back_import_logs() -> bool:
+    """Whether what TensorFlow's first import writes to stderr is held back: not with ``--verbose``, nor with
+    TF_CPP_MIN_LOG_LEVEL=0 (TensorFlow's INFO logs; its default when unset, but surgeon sets 3 unless verbose)."""
+    return not verbose() and tensorflow_log_level() >= 1
+
+
+def tensorflow_log_level() -> int:
+    """TF_CPP_MIN_LOG_LEVEL as TensorFlow reads it: 0 (everything) when unset or not a number."""
+    try:
+        return int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0").strip())
+    except ValueError:
+        return 0
+
+
+@contextmanager
+def stderr_held_back() -> Iterator[None]:
+    """Send what this process writes to file descriptor 2 in this block (C++ libraries included) to a temporary
+    file; drop it if the block succeeds, write it to stderr if the block fails."""
+    for stream in (sys.stdout, sys.stderr):
+        _flush(stream)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to hold back
+        saved = None
+    with tempfile.TemporaryFile() as held:
+        if saved is not None:
+            os.dup2(held.fileno(), 2)
+        succeeded = False
+        try:
+            yield
+            succeeded = True
+        finally:
+            _flush(sys.stderr)
+            if saved is not None:
+                os.dup2(saved, 2)
+                os.close(saved)
+                if not succeeded:
+                    held.seek(0)
+                    _write_all(2, held.read())
+
+
+def _flush(stream: object) -> None:
+    try:
+        stream.flush()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        try:
+            written = os.write(fd, data)
+        except OSError:
+            return
+        data = data[written:]
 
 
 def _errors_only(record: logging.LogRecord) -> bool:

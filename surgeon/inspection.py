@@ -40,7 +40,8 @@ def list_plugins(plugin_paths: list[Path]) -> list[dict[str, Any]]:
 
 def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
     """For an ONNX file: inputs, outputs, opset, op histogram and the hazards every installed
-    pass detects. For a SavedModel folder: signatures, ops and Python callbacks."""
+    pass detects. For a SavedModel folder: signatures, ops, Python callbacks, and the versions that made
+    it (TensorFlow from saved_model.pb, the rest from the record surgeon writes into it)."""
     if path.is_dir():
         from surgeon.saved_model_info import describe
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import onnx
 
-from surgeon import __version__, device, options, output
+from surgeon import __version__, device, options, output, stack
 from surgeon.discovery import Registry, discover
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
 from surgeon.plugin import Converter, RewritePass, Source, Writer
@@ -154,6 +154,8 @@ class RunContext:
                         converter.convert(self.model, converter_options, target, self)
                 except SurgeonError as error:
                     raise with_fixes_named(error, self.model, self.plan.idle_passes) from error.__cause__
+            # every SavedModel of the run (saved_model, triton, ...) is linked from this one: it carries the record
+            stack.write_record(target, self.report.setdefault("stack", stack.installed_versions()))
             self._saved_model = target
         return self._saved_model
 
@@ -197,6 +199,7 @@ def run(config: RunConfig) -> dict[str, Any]:
         "source": config.source,
         "source_plugin": plan.source.name,
         "formats": [writer.name for writer, _ in plan.writers],
+        "stack": stack.installed_versions(),  # also in OUT/saved_model/assets.extra/surgeon.json
     }
     with output.staged(config.output, config.force) as staging:
         ctx = RunContext(config=config, plan=plan, staging=staging, report=report)

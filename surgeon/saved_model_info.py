@@ -3,6 +3,10 @@
 ``saved_model.pb`` is parsed with the copies of TensorFlow's protos that ship
 in the ``tensorboard`` package (a dependency of TensorFlow), which import in
 milliseconds. Only the small ``SavedModel`` wrapper message is declared here.
+
+The TensorFlow that wrote the model is in the MetaGraphDef itself
+(``meta_info_def.tensorflow_version``); the rest of the stack (onnx-tf, onnx,
+torch, ...) in ``assets.extra/surgeon.json`` when surgeon wrote the model.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from surgeon import stack
 from surgeon.errors import SurgeonError, describe as describe_error
 
 SERVE_TAG = "serve"
@@ -171,10 +176,20 @@ def describe(path: str | Path) -> dict[str, Any]:
     meta_graph = read_meta_graph(path)
     ops = serving_ops(meta_graph)
     variables = path / "variables"
+    tensorflow = meta_graph.meta_info_def.tensorflow_version
+    try:
+        recorded, record_problem = stack.read_record(path), None
+    except ValueError as error:
+        recorded, record_problem = None, str(error)
     return {
         "path": str(path),
         "tags": list(meta_graph.meta_info_def.tags),
-        "tensorflow": meta_graph.meta_info_def.tensorflow_version,
+        "tensorflow": tensorflow,
+        "tensorflow_git_version": meta_graph.meta_info_def.tensorflow_git_version,
+        # assets.extra/surgeon.json: None when the model was not written by surgeon (or the file is unreadable)
+        "stack": recorded,
+        "stack_problem": record_problem,
+        "serve_with": stack.serve_with(tensorflow or (recorded or {}).get("tensorflow")),
         "signatures": signatures(meta_graph),
         "nodes": sum(ops.values()),
         "ops": dict(ops.most_common()),
@@ -184,11 +199,27 @@ def describe(path: str | Path) -> dict[str, Any]:
     }
 
 
+def made_with(info: dict[str, Any]) -> str:
+    """The stack that wrote the model: TensorFlow from the MetaGraphDef, the rest from surgeon's record."""
+    recorded = dict(info["stack"] or {})
+    tensorflow = info["tensorflow"] or recorded.get("tensorflow")
+    recorded.pop("tensorflow", None)
+    text = stack.format_stack({"tensorflow": tensorflow or "?", **recorded})
+    if info["stack_problem"]:
+        return f"{text} ({info['stack_problem']})"
+    if info["stack"] is None:
+        return f"{text} (no {stack.RECORD.as_posix()}: the rest of the stack is not recorded)"
+    return text
+
+
 def format_description(info: dict[str, Any]) -> str:
     """``describe``'s result as the text ``surgeon inspect`` prints."""
     sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in info["bytes"].items())
     lines = [f"{info['path']}: SavedModel, tags {', '.join(info['tags'])}; "
              f"TensorFlow {info['tensorflow'] or '?'}; {sizes}"]
+    lines.append(f"made with: {made_with(info)}")
+    if info["serve_with"]:
+        lines.append(f"serve with: {info['serve_with']}")
     for key, signature in info["signatures"].items():
         lines.append(f"signature {key} ({signature['method']}):")
         for kind in ("inputs", "outputs"):

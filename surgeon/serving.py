@@ -1,4 +1,4 @@
-"""Run a converted model the way a server does: in a fresh process, in graph mode (DESIGN.md F1, F5).
+"""Run a converted model the way a server does: in a fresh process, in graph mode.
 
 A SavedModel runs through its ``serving_default`` signature in a TF1-style
 session, as TF Serving runs it; a frozen GraphDef (``frozen_pb``) through
@@ -53,6 +53,8 @@ def run_in_fresh_process(model: Path, feeds: Sequence[Sequence[np.ndarray]], inp
         loud = verbose()
         env = dict(os.environ)
         if not loud:
+            # TensorFlow's C++ logs; what TensorFlow 2.21 logs while its libraries load (absl, before it reads
+            # this) the child holds back itself (surgeon.device.quiet_tensorflow)
             env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         # in the temporary folder: `python -m` puts the working folder first on the module path
         finished = subprocess.run([*command, *(["--verbose"] if loud else [])], env=env, cwd=folder,

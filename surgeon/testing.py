@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -99,28 +100,64 @@ class BackendCase:
 def backend_node_cases(prefixes: Iterable[str] = ("",)) -> list[BackendCase]:
     """The cases whose name starts with ``test_`` + one of ``prefixes`` (all by default).
 
-    Only the first data set of each case is read; cases with sequence, map or
-    optional inputs are left out (they have no plain tensor data).
+    onnx wheels up to 1.18 ship the cases as files, which are read (the first
+    data set of each); later wheels ship only the code that writes them,
+    which is run once per process instead. Cases with sequence, map or
+    optional inputs or outputs are left out (they have no plain tensor data).
     """
+    return [case for case in _all_backend_node_cases()
+            if any(case.name.startswith(f"test_{prefix}") for prefix in prefixes)]
+
+
+@functools.lru_cache(maxsize=1)
+def _all_backend_node_cases() -> tuple[BackendCase, ...]:
     from pathlib import Path
 
+    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "node"
+    return tuple(_cases_from_files(root) if root.is_dir() else _cases_from_code())
+
+
+def _cases_from_files(root: Any) -> Iterable[BackendCase]:
     from onnx import numpy_helper
 
-    root = Path(onnx.__file__).parent / "backend" / "test" / "data" / "node"
-    cases = []
     for folder in sorted(root.iterdir()):
-        if not any(folder.name.startswith(f"test_{prefix}") for prefix in prefixes):
-            continue
         data = folder / "test_data_set_0"
         model = onnx.load(str(folder / "model.onnx"))
         try:
-            arrays = {kind: [numpy_helper.to_array(_read_tensor(path)) for path in sorted(data.glob(f"{kind}_*.pb"),
-                                                                                     key=_index)]
-                      for kind in ("input", "output")}
+            arrays = {kind: [_as_declared(numpy_helper.to_array(_read_tensor(path)), value)
+                             for path, value in zip(sorted(data.glob(f"{kind}_*.pb"), key=_index), values)]
+                      for kind, values in (("input", model.graph.input), ("output", model.graph.output))}
         except ValueError:
             continue
-        cases.append(BackendCase(folder.name, model, arrays["input"], arrays["output"]))
-    return cases
+        yield BackendCase(folder.name, model, arrays["input"], arrays["output"])
+
+
+def _as_declared(array: np.ndarray, value: onnx.ValueInfoProto) -> np.ndarray:
+    """onnx up to 1.18 wrote bfloat16 data as its uint16 bits: read them as bfloat16."""
+    if value.type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16 and array.dtype == np.uint16:
+        import ml_dtypes
+
+        return array.view(ml_dtypes.bfloat16)
+    return array
+
+
+def _cases_from_code() -> Iterable[BackendCase]:
+    import warnings
+
+    from onnx import numpy_helper
+    from onnx.backend.test.case import node
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):  # the cases compute infinities on purpose
+        warnings.simplefilter("ignore")
+        generated = node.collect_testcases(None)
+    for case in sorted(generated, key=lambda case: case.name):
+        if not case.data_sets:
+            continue
+        inputs, outputs = case.data_sets[0]
+        arrays = [numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
+                  for value in (*inputs, *outputs)]
+        if all(isinstance(array, np.ndarray) for array in arrays):
+            yield BackendCase(case.name, case.model, arrays[:len(inputs)], arrays[len(inputs):])
 
 
 def _read_tensor(path: Any) -> onnx.TensorProto:

@@ -4,8 +4,11 @@ Seeded random inputs, shaped and typed from the model, are run at several
 batch sizes through the reference (PyTorch when the source provides it, else
 onnxruntime on the source model) and through each output stage: onnxruntime
 on the rewritten ONNX, and every model a server would load (the SavedModel,
-a frozen graph), each in a fresh process in graph mode, as a server runs it
-(DESIGN.md F1, F5). A stage diverges when
+a frozen graph), each in a fresh process in graph mode, as a server runs it:
+a Python callback (PyFunc) that onnx-tf fell back to runs only in the
+process that converted the model, and a batch fixed on a declared output
+shape passes an eager check there but fails in graph mode at any other
+batch. A stage diverges when
 ``|actual - expected| > atol + rtol * |expected|`` anywhere, or when it fails
 to run. Per sample, sample i of a batched run must also equal the run of
 sample i alone: a model that mixes samples across the batch fails even when
@@ -95,7 +98,7 @@ def failure_hint(table: list[dict[str, Any]], first: dict[str, Any]) -> str:
     hint = "nothing was written; --no-verify skips this check"
     at_one = [row for row in table if row["stage"] == first["stage"] and row["batch"] == 1]
     if first["batch"] > 1 and at_one and all(row["ok"] for row in at_one):
-        return ("batch 1 passes, so the batch size is likely baked into the model (DESIGN.md F4, F5): "
+        return ("batch 1 passes, so the export likely baked the batch size into the model: "
                 f"--plugins dynamic_batch makes it dynamic; {hint}")
     return hint
 

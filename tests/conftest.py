@@ -77,17 +77,8 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return install
 
 
-@pytest.fixture(scope="session")
-def dynamo_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """`surgeon setup-dynamo` run once for the session (pip fetches from the index, as a user's would)."""
-    folder = tmp_path_factory.mktemp("dynamo") / "exporter"
-    command = [sys.executable, "-m", "surgeon", "setup-dynamo", "--target", str(folder)]
-    return folder, subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
 @pytest.fixture
-def dynamo_home(dynamo_setup, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder, finished = dynamo_setup
-    assert finished.returncode == 0, finished.stderr
-    monkeypatch.setenv("SURGEON_DYNAMO_HOME", str(folder))
-    return folder
+def dynamo_exporter() -> None:
+    """Skip where the dynamo exporter's packages are absent: the TensorFlow 2.15 stack cannot have them."""
+    for module in ("onnxscript", "onnx_ir"):
+        pytest.importorskip(module, reason="the dynamo exporter needs onnxscript and onnx-ir (ml-dtypes >= 0.5)")

@@ -42,7 +42,7 @@ def test_architecture_serves(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHAPES))
-def test_architecture_serves_through_the_dynamo_exporter(name: str, dynamo_home, tmp_path: Path) -> None:
+def test_architecture_serves_through_the_dynamo_exporter(name: str, dynamo_exporter, tmp_path: Path) -> None:
     report = convert(name, tmp_path / "out", dynamo=True)
     assert report["export"]["exporter"] == "dynamo"
     assert_served_at_every_batch(report)

@@ -1,8 +1,9 @@
 """End to end: small real PyTorch models -> ONNX -> onnx-tf -> SavedModel, checked in a fresh process.
 
 Each model is exported and converted once per module; the tests then read
-what the runs left behind. DESIGN.md's F1 and F5 are reproduced as they
-happen to users.
+what the runs left behind. Pooling that onnx-tf can only run as a Python
+callback, and a batch baked into the graph that only a served model shows, are
+reproduced as they happen to users.
 """
 
 from __future__ import annotations
@@ -189,20 +190,20 @@ def test_the_command_line_shows_each_stage_and_the_parity_table_without_tensorfl
 
 
 @pytest.fixture(scope="module")
-def f1_model(tmp_path_factory):
+def pyfunc_pooling_model(tmp_path_factory):
     """AvgPool with count_include_pad=False and padding=1 under a dynamic batch: onnx-tf makes it a PyFunc."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False))
-    folder = tmp_path_factory.mktemp("f1")
-    return export(net, (1, 3, 10, 10), folder / "f1.onnx", outputs=("result",))
+    folder = tmp_path_factory.mktemp("pyfunc_pooling")
+    return export(net, (1, 3, 10, 10), folder / "pyfunc_pooling.onnx", outputs=("result",))
 
 
-def test_f1_pyfunc_pooling_fails_naming_the_node_and_pool_fix_and_leaves_no_output(f1_model, tmp_path):
+def test_pyfunc_pooling_fails_naming_the_node_and_pool_fix_and_leaves_no_output(pyfunc_pooling_model, tmp_path):
     out = tmp_path / "out"
-    result = subprocess.run([str(SURGEON), "run", str(f1_model), "-o", str(out)], capture_output=True, text=True,
+    result = subprocess.run([str(SURGEON), "run", str(pyfunc_pooling_model), "-o", str(out)], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 1
     assert "calls back into Python (PyFunc) for ONNX node(s) '/1/AveragePool' (AveragePool)" in result.stderr
@@ -212,20 +213,21 @@ def test_f1_pyfunc_pooling_fails_naming_the_node_and_pool_fix_and_leaves_no_outp
     assert list(tmp_path.iterdir()) == []  # no staging folder left either
 
 
-def test_f1_through_the_python_api_and_the_fix_it_names(f1_model, tmp_path):
+def test_pyfunc_pooling_through_the_python_api_and_the_fix_it_names(pyfunc_pooling_model, tmp_path):
     with pytest.raises(SurgeonError, match=r"PyFunc(.|\n)*'/1/AveragePool'(.|\n)*pool_fix"):
-        surgeon.run(f1_model, tmp_path / "out", verify=False)
+        surgeon.run(pyfunc_pooling_model, tmp_path / "out", verify=False)
     assert list(tmp_path.iterdir()) == []
-    report = surgeon.run(f1_model, tmp_path / "out", plugins=["pool_fix"])
+    report = surgeon.run(pyfunc_pooling_model, tmp_path / "out", plugins=["pool_fix"])
     assert {row["stage"] for row in report["parity"]} == {"onnx", "saved_model"}
     assert all(row["ok"] for row in report["parity"])
 
 
-def test_f5_the_fresh_process_serving_check_catches_what_an_eager_check_misses(tmp_path):
+def test_the_fresh_process_serving_check_catches_what_an_eager_check_misses(tmp_path):
     """The recipe: export at batch 1, set the input's batch to '?', convert. graph.output keeps [1, 4]."""
     import torch
-    from onnx_tf.backend import prepare
     from torch import nn
+
+    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -235,7 +237,7 @@ def test_f5_the_fresh_process_serving_check_catches_what_an_eager_check_misses(t
     onnx.save(model, str(source))
 
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8)).astype(np.float32)
-    eager = prepare(model).run(x)[0]  # the check people do in the converting process: it passes
+    eager = imported_onnx_tf().prepare(model).run(x)[0]  # the check people do in the converting process: it passes
     np.testing.assert_allclose(eager, run_onnx(model, [x])[0], rtol=1e-4, atol=1e-5)
 
     with pytest.raises(SurgeonError) as failure:
@@ -251,9 +253,11 @@ def test_f5_the_fresh_process_serving_check_catches_what_an_eager_check_misses(t
 def test_the_converter_computes_what_onnx_tf_computes_on_every_backend_node_case():
     """Its trace (without AutoGraph where it can) against onnx-tf's own (with AutoGraph): same outputs, or both fail."""
     import tensorflow as tf
-    from onnx_tf.backend import prepare
 
+    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
     from surgeon_plugins.onnx_tf_converter import trace
+
+    prepare = imported_onnx_tf().prepare
 
     def outputs(case, ours: bool):
         try:

@@ -90,7 +90,7 @@ def test_full_size_example(cli, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_example_with_the_dynamo_exporter(cli, dynamo_home, tmp_path: Path) -> None:
+def test_example_with_the_dynamo_exporter(cli, dynamo_exporter, tmp_path: Path) -> None:
     """torch.export + the dynamo exporter at opset 18, made dynamic, lowered for onnx-tf, served."""
     out = tmp_path / "out"
     result = cli("run", "--example", "ct-position", "-o", out, "--set", "torch.dynamo=true",

@@ -1,4 +1,4 @@
-"""dynamic_batch: the batch follows the runtime batch everywhere it flows (DESIGN.md F3, F4, F5).
+"""dynamic_batch: the batch follows the runtime batch everywhere it flows.
 
 Each pattern that bakes the export batch into a graph is built twice, at
 export batch 1 (where the value 1 is everywhere) and at export batch 2. After
@@ -183,7 +183,7 @@ def test_each_pattern_is_rewritten_once(pattern, export_batch):
 
 
 def test_setting_only_the_input_dim_is_not_enough(tmp_path):
-    """The common recipe (F4): with the input dim made symbolic, the baked [1, -1] returns one row at batch 4."""
+    """The common recipe, a symbolic input dim on a batch-1 export: the baked [1, -1] returns one row at batch 4."""
     original = flatten_to_one_row(1)
     recipe = onnx.ModelProto()
     recipe.CopyFrom(original)
@@ -605,7 +605,7 @@ def served_net():
     return Net()
 
 
-# nn.MultiheadAttention needs opset 13 (aten::unflatten), where onnx-tf lacks Unsqueeze-13 (F11): not served here
+# nn.MultiheadAttention needs opset 13 (aten::unflatten), where onnx-tf lacks Unsqueeze-13: not served here
 SERVED = {"served": (served_net, (3, 8, 8)), **{k: v for k, v in TORCH_MODELS.items() if k != "multihead"}}
 
 

@@ -28,6 +28,7 @@ import surgeon
 from surgeon import RewritePass
 from surgeon.testing import BackendCase, apply_pass, backend_node_cases, run_onnx
 from surgeon_plugins import opset_compat
+from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
 from surgeon_plugins.onnx_tf_support import handlers
 
 TRANSFORMER = '''
@@ -107,6 +108,7 @@ def test_a_transformer_exported_at_opset_14_17_or_20_serves_what_pytorch_compute
 
 
 def test_the_table_read_as_text_is_the_handlers_own():
+    imported_onnx_tf()
     from onnx_tf.common.handler_helper import get_backend_coverage
 
     coverage, _ = get_backend_coverage()
@@ -176,10 +178,8 @@ def close(actual: list, expected: list) -> bool:
 
 
 def onnx_tf_outcome(model: onnx.ModelProto, case: BackendCase) -> str:
-    from onnx_tf.backend import prepare
-
     try:
-        outputs = list(prepare(model, logging_level="ERROR").run(case.inputs))
+        outputs = list(imported_onnx_tf().prepare(model, logging_level="ERROR").run(case.inputs))
     except Exception as error:
         return f"fails: {last_line(error)}"
     if RANDOM.match(case.name):

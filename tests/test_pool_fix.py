@@ -65,15 +65,15 @@ AVG_SAME_PADS = 'AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1]> (x)'  
 
 
 @pytest.mark.parametrize("call, shape, reason", [
-    (AVG_PADS, "N, 3, 8, 8", "non-zero pads becomes a PyFunc (F1)"),
-    (AVG_SAME_PADS, "N, 3, 8, 8", "only on a fully defined input shape (F1, F3)"),
+    (AVG_PADS, "N, 3, 8, 8", "non-zero pads becomes a PyFunc (a Python callback that no server can run)"),
+    (AVG_SAME_PADS, "N, 3, 8, 8", "only on a fully defined input shape, which a dynamic batch is not"),
     ('AveragePool <kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1> (x)', "1, 3, 8, 8",
-     "ceil_mode=1 becomes a PyFunc (F1)"),
+     "ceil_mode=1 becomes a PyFunc"),
     ('AveragePool <kernel_shape = [2, 2], auto_pad = "SAME_LOWER"> (x)', "1, 3, 8, 8", "SAME_LOWER becomes a PyFunc"),
     ('AveragePool <kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1, count_include_pad = 1> (x)',
-     "1, 3, 8, 8", "counts the ceil-mode extension (F2)"),
+     "1, 3, 8, 8", "counts the ceil-mode extension in the divisor: wrong numbers"),
     ('AveragePool <kernel_shape = [3], strides = [2], ceil_mode = 1, count_include_pad = 1> (x)',
-     "N, 3, L", "counts the ceil-mode extension (F2)"),
+     "N, 3, L", "counts the ceil-mode extension in the divisor"),
     ('MaxPool <kernel_shape = [1, 1], strides = [2, 2], ceil_mode = 1> (x)', "1, 1, 2, 2",
      "keeps a last window that starts in the end padding"),
     ('MaxPool <kernel_shape = [2, 2, 2], strides = [3, 3, 3], ceil_mode = 1> (x)', "N, 2, D, H, W",
@@ -169,7 +169,7 @@ def test_static_dims_rescale_an_average_by_a_constant_and_dynamic_dims_by_a_pool
 
 
 def test_an_average_padded_like_same_upper_becomes_same_upper_and_costs_nothing():
-    """onnx-tf pools auto_pad=SAME_UPPER natively at any batch size (F3)."""
+    """onnx-tf pools auto_pad=SAME_UPPER natively at any batch size, a dynamic one included."""
     for call, shape in ((AVG_SAME_PADS, "N, 3, H, W"),
                         ('AveragePool <kernel_shape = [3, 3], strides = [2, 2], pads = [0, 0, 1, 1]> (x)', "N, 3, 8, 8"),
                         ('AveragePool <kernel_shape = [3, 3], auto_pad = "SAME_LOWER"> (x)', "N, 3, H, W")):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import metadata
 
 import pytest
 
 from surgeon import SurgeonError
 from surgeon.saved_model_info import describe, format_description
 from surgeon.testing import model_from_text
+
+TENSORFLOW = metadata.version("tensorflow")
 
 # two inputs of two dtypes, an int64 output
 SCORER = """
@@ -24,7 +27,7 @@ scorer (float[N, 4] features, int64[N, 4] counts) => (float[N, 2] scores, int64[
 }
 """
 
-# ceil_mode with count_include_pad=0: onnx-tf runs it as a Python callback (DESIGN.md F1)
+# ceil_mode with count_include_pad=0: onnx-tf runs it as a Python callback
 CEIL_POOL = """
 <ir_version: 8, opset_import: ["" : 13]>
 ceil_pool (float[N, 1, 7, 7] x) => (float[N, 1, 4, 4] y)
@@ -49,7 +52,7 @@ def saved_models(tmp_path_factory):
 def test_signature_names_dtypes_and_shapes(saved_models):
     info = describe(saved_models["scorer"])
     assert info["tags"] == ["serve"]
-    assert info["tensorflow"] == "2.15.1"
+    assert info["tensorflow"] == TENSORFLOW
     signature = info["signatures"]["serving_default"]
     assert signature["method"] == "tensorflow/serving/predict"
     assert signature["inputs"] == [{"name": "counts", "dtype": "int64", "shape": [None, 4]},
@@ -80,8 +83,14 @@ def test_python_callbacks_are_found_in_the_function_library(saved_models):
 
 def test_text_for_surgeon_inspect(saved_models):
     scorer = format_description(describe(saved_models["scorer"])).splitlines()
-    assert scorer[0].startswith(f"{saved_models['scorer']}: SavedModel, tags serve; TensorFlow 2.15.1;")
-    assert scorer[1:6] == [
+    assert scorer[0].startswith(f"{saved_models['scorer']}: SavedModel, tags serve; TensorFlow {TENSORFLOW};")
+    # converted outside a run: TensorFlow's own version only (a run adds the record of the rest of the stack)
+    minor = ".".join(TENSORFLOW.split(".")[:2])
+    assert scorer[1:3] == [
+        f"made with: TensorFlow {TENSORFLOW} (no assets.extra/surgeon.json: the rest of the stack is not recorded)",
+        f"serve with: TensorFlow >= {minor} (TF Serving {minor} or newer)",
+    ]
+    assert scorer[3:8] == [
         "signature serving_default (tensorflow/serving/predict):",
         "  input   counts  int64  [?, 4]",
         "  input   features  float32  [?, 4]",
@@ -101,6 +110,7 @@ def test_surgeon_inspect_reads_a_saved_model_without_importing_tensorflow(saved_
                             text=True)
     assert result.returncode == 0, result.stderr
     assert "signature serving_default" in result.stdout and "call back into Python" in result.stdout
+    assert f"made with: TensorFlow {TENSORFLOW}" in result.stdout
 
 
 def test_what_is_not_a_saved_model_is_a_clear_error(tmp_path):

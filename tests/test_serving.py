@@ -11,7 +11,7 @@ from surgeon.serving import run_in_fresh_process
 from surgeon.testing import model_from_text, run_onnx
 
 # Conv, then 3x3 average pooling over padding 1: counting the padding (1) converts natively;
-# not counting it (0) makes onnx-tf fall back to a Python callback (DESIGN.md F1)
+# not counting it (0) makes onnx-tf fall back to a Python callback (a PyFunc), which only the converting process has
 POOLED = """
 <ir_version: 8, opset_import: ["" : 13]>
 pooled (float[N, 1, 5, 5] x) => (float[N, 2, 5, 5] y, float[N, 2] s)
@@ -103,7 +103,7 @@ def test_a_feed_the_signature_refuses_fails_alone(native):
     assert good[0].shape == (1, 2) and good_again[0].shape == (2, 2)
 
 
-def test_f1_a_pyfunc_runs_in_the_converting_process_but_in_no_fresh_one(pyfunc):
+def test_a_pyfunc_runs_in_the_converting_process_but_in_no_fresh_one(pyfunc):
     import tensorflow as tf
 
     model, path = pyfunc

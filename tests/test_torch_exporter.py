@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,6 @@ import surgeon
 from surgeon import SurgeonError, UsageError
 from surgeon import options as option_parsing
 from surgeon.testing import run_onnx
-from surgeon_plugins.dynamo_export import HOME_VARIABLE, MANIFEST, PACKAGES, is_installed
 from surgeon_plugins.torch_exporter import DEFAULT_OPSET, InputSpec, TorchOptions, accepts, parse_input_shape
 
 MODELS = '''
@@ -244,8 +244,9 @@ def test_default_opset_converts_with_onnx_tf(models: Path, tmp_path: Path) -> No
 
     At opset 13 onnx-tf 1.10 has no Unsqueeze handler: that is why the default is 12.
     """
-    from onnx_tf.backend import prepare
+    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
 
+    prepare = imported_onnx_tf().prepare
     module = import_models(models).build().eval()
     for dynamic in (False, True):
         out = tmp_path / f"out_{dynamic}"
@@ -273,84 +274,45 @@ def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_pa
     assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
 
 
-def test_setup_dynamo_installs_apart_from_tensorflow_once(dynamo_setup, cli) -> None:
-    folder, finished = dynamo_setup
-    assert finished.returncode == 0, finished.stderr
-    assert f"the dynamo exporter is ready in {folder}" in finished.stdout
-    assert f"{HOME_VARIABLE}={folder}" in finished.stdout
-    assert is_installed(folder)
-    assert {path.name for path in folder.glob("*.dist-info")} == {
-        f"{name.replace('-', '_')}-{version}.dist-info" for name, version in (p.split("==") for p in PACKAGES)}
-    again = cli("setup-dynamo", "--target", folder)
-    assert again.returncode == 0
-    assert "already in" in again.stderr
-    import ml_dtypes  # this environment keeps TensorFlow's
-
-    assert ml_dtypes.__version__.startswith("0.3.")
-
-
-def test_setup_dynamo_never_replaces_a_folder_it_did_not_make(cli, tmp_path: Path) -> None:
-    (tmp_path / "notes.txt").write_text("mine")
-    result = cli("setup-dynamo", "--target", tmp_path, "--force")
-    assert result.returncode != 0
-    assert "holds something else than the dynamo exporter's packages" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_a_changed_package_list_means_setup_again(tmp_path: Path) -> None:
-    (tmp_path / MANIFEST).write_text(json.dumps({"packages": ["onnxscript==0.1.0"]}))
-    assert not is_installed(tmp_path)
-    (tmp_path / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}))
-    assert is_installed(tmp_path)
-    (tmp_path / MANIFEST).write_text("{not json")
-    assert not is_installed(tmp_path)
-
-
-def test_dynamo_without_setup_says_how_to_set_it_up(models: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path / "nothing"))
-    with pytest.raises(UsageError, match="option torch.dynamo: the dynamo exporter's packages are not installed "
-                                         "in .*nothing") as caught:
-        surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],
-                    options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
-    assert "surgeon setup-dynamo" in caught.value.hint
-    assert not (tmp_path / "out").exists()
-
-
-def test_a_broken_dynamo_folder_gives_the_child_process_error(models: Path, tmp_path: Path, monkeypatch) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / MANIFEST).write_text(json.dumps({"packages": list(PACKAGES)}))  # but no packages
-    monkeypatch.setenv(HOME_VARIABLE, str(broken))
-    with pytest.raises(SurgeonError, match="the dynamo exporter failed: .*onnxscript"):
-        surgeon.run(f"{models}:build", tmp_path / "out", formats=["onnx"],
-                    options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
-    assert not (tmp_path / "out").exists()
-
-
-def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_home, models: Path, tmp_path: Path) -> None:
-    """Exported at batch 1 by dynamo at opset 18, then made dynamic, fitted to onnx-tf and served."""
-    report = surgeon.run(f"{models}:build", tmp_path / "out", plugins=["dynamic_batch", "pool_fix", "opset_compat"],
-                         batch_sizes=[1, 3], options={"torch": {"input_shapes": ["1,3,8,8"], "dynamo": True}})
+def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_exporter, cli, models: Path,
+                                                                   tmp_path: Path) -> None:
+    """Exported at batch 1 by dynamo at opset 18 in the surgeon process, then made dynamic, fitted to onnx-tf,
+    converted and served (the SavedModel checked in a fresh process); torch.onnx's log stays off the terminal."""
+    out = tmp_path / "out"
+    result = cli("run", f"{models}:build", "--input-shape", "1,3,8,8", "--set", "torch.dynamo=true",
+                 "--plugins", "dynamic_batch,pool_fix,opset_compat", "--batch-sizes", "1,3", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert "[torch.onnx]" not in result.stdout + result.stderr and "torchvision" not in result.stderr
+    report = json.loads((out / "report.json").read_text())
     assert (report["export"]["exporter"], report["export"]["opset"]) == ("dynamo", 18)
     assert all_ok(report)
     assert {(row["stage"], row["batch"]) for row in report["parity"]} >= {("saved_model", 1), ("saved_model", 3)}
-    model = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    model = onnx.load(str(out / "model.onnx"))
     assert [i.name for i in model.graph.input] == ["x"]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
 
 
-def test_dynamo_exports_from_a_folder_whose_modules_shadow_onnx(dynamo_home, tmp_path: Path, monkeypatch) -> None:
-    """The child process must not import the user's onnx.py (``python -m`` puts the working folder first)."""
-    (tmp_path / "onnx.py").write_text("raise SystemExit('imported the onnx.py of the working folder')\n")
-    monkeypatch.chdir(tmp_path)
-    report = surgeon.run("torch.nn:Linear", tmp_path / "out", formats=["onnx"], plugins=["opset_compat"],
-                         options={"torch": {"input_shapes": ["2,4"], "dynamo": True,
-                                            "kwargs": {"in_features": 4, "out_features": 3}}})
-    assert report["export"]["exporter"] == "dynamo" and all_ok(report)
+# the TensorFlow 2.15 stack, simulated: None in sys.modules makes importlib.util.find_spec report the module
+# missing and any import of it fail, as when it is not installed
+WITHOUT_ONNXSCRIPT = "import sys; sys.modules['onnxscript'] = None; from surgeon.cli import main; sys.exit(main())"
 
 
-def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_home, models: Path, tmp_path: Path, caplog) -> None:
+def test_dynamo_without_onnxscript_says_what_to_install(models: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ONNXSCRIPT, "run", f"{models}:build", "--input-shape", "1,3,8,8",
+         "--set", "torch.dynamo=true", "--plugins", "opset_compat", "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("surgeon: error:")]
+    assert re.fullmatch(r"surgeon: error: option torch\.dynamo: the dynamo exporter needs onnxscript and onnx-ir "
+                        r"\(onnxscript( and onnx-ir)? not installed\)", error), error
+    assert ("hint: pip install 'surgeon[dynamo]'; they need ml-dtypes >= 0.5 and so TensorFlow >= 2.16"
+            in result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_exporter, models: Path, tmp_path: Path, caplog) -> None:
     """No opset_compat: torch cannot bring its opset 18 down to the default, and the log says what to add."""
     with caplog.at_level("WARNING", logger="surgeon"):
         report = surgeon.run(
@@ -381,7 +343,7 @@ def build():
 """
 
 
-def test_what_torch_export_cannot_capture_is_explained(dynamo_home, tmp_path: Path) -> None:
+def test_what_torch_export_cannot_capture_is_explained(dynamo_exporter, tmp_path: Path) -> None:
     path = tmp_path / "branchy.py"
     path.write_text(DATA_DEPENDENT)
     with pytest.raises(SurgeonError, match="torch.export cannot capture the model") as caught:

@@ -8,7 +8,7 @@ convolution shortcuts), so a checkpoint trained with that code loads here: a
 7x7x7 stem with stride (1, 2, 2), ``MaxPool3d(3, stride=2, padding=1)``,
 residual stages of 3, 4, 6 and 3 basic blocks, an ``AvgPool3d`` whose fixed
 size follows from the input size, and ``x.view(x.size(0), -1)`` before the
-linear head: the flatten that freezes the batch at export (DESIGN.md F4).
+linear head: the flatten that freezes the batch at export.
 
 Without a checkpoint the weights are random but deterministic, batch norms
 included, so that converting them wrongly shows in the parity check.
