@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -149,11 +149,9 @@ def quiet_tensorflow() -> Iterator[ModuleType]:
 def import_tensorflow() -> ModuleType:
     """``import tensorflow``, holding back what its C++ libraries write to stderr while they load unless that is
     asked for (see ``holds_back_import_logs``); a failed import shows everything it wrote."""
-    if "tensorflow" not in sys.modules and holds_back_import_logs():
-        with stderr_held_back():
-            import tensorflow
-    import tensorflow
-
+    first = "tensorflow" not in sys.modules
+    with stderr_held_back() if first and holds_back_import_logs() else nullcontext():
+        import tensorflow
     return tensorflow
 
 

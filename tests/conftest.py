@@ -38,6 +38,14 @@ def tiny_path(tmp_path: Path, tiny_model: onnx.ModelProto) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_file(tmp_path_factory) -> Path:
+    """The tiny model as a file, for module-wide runs."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    onnx.save(model_from_text(TINY_TEXT), str(path))
+    return path
+
+
 @pytest.fixture
 def write_plugin(tmp_path: Path):
     """Write a plugin file from source text; return its path."""

@@ -20,24 +20,13 @@ import onnx
 import pytest
 
 from surgeon import device
-from surgeon.testing import model_from_text
+from surgeon.testing import run_onnx
 
 NOISE = re.compile(
     r"absl::InitializeLog|oneDNN|cudart_stub|cuda drivers|cpu_feature_guard|TensorRT|Unable to register"
     r"|^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]"  # absl's and glog's prefix
     r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] ",  # TensorFlow 2.15's
     re.MULTILINE)
-
-SMALL = """
-<ir_version: 8, opset_import: ["" : 13]>
-small (float[N, 4] x) => (float[N, 3] y)
-<float[4, 3] w = {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8, -0.9, 1.0, 1.1, -1.2}>
-{
-    r = Relu(x)
-    y = MatMul(r, w)
-}
-"""
-
 
 def noise(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if NOISE.search(line)]
@@ -49,11 +38,10 @@ def user_environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tiny_file):
     """``surgeon run`` on a small model in a fresh process: it converts, then verifies in a serving child."""
-    folder = tmp_path_factory.mktemp("quiet")
-    onnx.save(model_from_text(SMALL), str(folder / "small.onnx"))
-    result = subprocess.run([sys.executable, "-m", "surgeon", "run", str(folder / "small.onnx"), "-o",
+    folder = tiny_file.parent
+    result = subprocess.run([sys.executable, "-m", "surgeon", "run", str(tiny_file), "-o",
                              str(folder / "out")], capture_output=True, text=True, env=user_environment(),
                             cwd=folder, timeout=600)
     return result, folder / "out"
@@ -81,8 +69,7 @@ def test_the_serving_child_writes_no_tensorflow_noise(converted, tmp_path):
                            cwd=tmp_path, timeout=300)
     assert child.returncode == 0, child.stderr
     with np.load(tmp_path / "results.npz") as results:
-        w = np.array([0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8, -0.9, 1.0, 1.1, -1.2], np.float32).reshape(4, 3)
-        np.testing.assert_allclose(results["result0_0"], np.maximum(x, 0) @ w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(results["result0_0"], run_onnx(model, [x])[0], rtol=1e-5, atol=1e-6)
     assert noise(child.stderr) == [], child.stderr
 
 

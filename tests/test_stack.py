@@ -16,17 +16,6 @@ import pytest
 import surgeon
 from surgeon import stack
 from surgeon.saved_model_info import describe, format_description
-from surgeon.testing import model_from_text
-
-TINY = """
-<ir_version: 8, opset_import: ["" : 13]>
-tiny (float[N, 4] x) => (float[N, 3] y)
-<float[4, 3] w = {0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, 0.8, -0.9, 1.0, 1.1, -1.2}>
-{
-    r = Relu(x)
-    y = MatMul(r, w)
-}
-"""
 
 NO_HEAVY_IMPORTS = "assert not {'tensorflow', 'torch', 'onnx_tf'} & set(sys.modules), sorted(sys.modules)"
 
@@ -39,12 +28,10 @@ def installed(distribution: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def run_output(tmp_path_factory) -> Path:
+def run_output(tiny_file) -> Path:
     """A real run of a tiny ONNX model, with a SavedModel and a Triton repository."""
-    folder = tmp_path_factory.mktemp("stack")
-    onnx.save(model_from_text(TINY), str(folder / "tiny.onnx"))
-    surgeon.run(folder / "tiny.onnx", folder / "out", formats=["saved_model", "triton"], batch_sizes=[1, 3])
-    return folder / "out"
+    surgeon.run(tiny_file, tiny_file.parent / "out", formats=["saved_model", "triton"], batch_sizes=[1, 3])
+    return tiny_file.parent / "out"
 
 
 def test_the_versions_are_the_installed_ones():
