@@ -31,12 +31,9 @@ kept in the report (``triton_commands``).
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shlex
 import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +43,7 @@ import onnx
 from surgeon import SurgeonError, Writer, hookimpl
 from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
+from surgeon.publish import Entry, default_name, publish_versions as publish_entries
 from surgeon.verify import static_batch
 
 log = logging.getLogger("surgeon")
@@ -146,17 +144,6 @@ def models(name: str, options: TritonOptions) -> list[tuple[str, str]]:
     return [(name, "savedmodel")] + ([(f"{name}_onnx", "onnx")] if options.onnx else [])
 
 
-def default_name(source: str) -> str:
-    """A model name from SOURCE: ``m.onnx`` -> ``m``, ``net.py:build`` -> ``build``, ``example:ct-position`` -> ``ct_position``."""
-    stem = Path(source.rsplit(":", 1)[-1]).stem
-    return re.sub(r"\W+", "_", stem).strip("_") or "model"
-
-
-def next_version(folder: Path) -> int:
-    versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def config_text(model: onnx.ModelProto, name: str, kind: str, options: TritonOptions) -> str:
     """config.pbtxt for ``model`` served by the backend of ``kind``."""
     batched = static_batch(model) is None
@@ -188,87 +175,20 @@ def tensor_entry(value: onnx.ValueInfoProto, batched: bool) -> str:
     return f'  {{ name: "{value.name}" data_type: {TRITON_TYPES[tensor_type.elem_type]} {shape} }}'
 
 
-# --- publishing: every entry or none ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Entry:
-    source: Path  # OUT/triton/<model>
-    target: Path  # REPOSITORY/<model>
-    version: int
-    staging: Path | None = None
+# --- publishing: every entry or none (surgeon.publish) ----------------------------------------------------------
 
 
 def publish_versions(repository: Path, sources: list[Path], version: int = 0) -> list[Path]:
     """Add each model folder of ``sources`` to ``repository`` as a new version of the model of the same name.
 
-    All or nothing: every entry is staged first (a hidden folder inside its model folder), then renamed into
-    place. If any step fails, or the run is interrupted, what was staged, renamed, replaced or created is taken
-    back and the repository is left as it was. Returns the new version folders.
+    All or nothing (see ``surgeon.publish``): the version folder and ``config.pbtxt`` of every entry are staged
+    in a hidden folder inside its model folder, then renamed into place. Returns the new version folders.
     """
     if not repository.is_dir():
         raise SurgeonError(f"triton.repository {repository}: no such folder")
-    entries = []
-    for source in sources:
-        target = repository / source.name
-        if target.exists() and not target.is_dir():
-            raise SurgeonError(f"triton.repository: {target} is not a folder; nothing was published")
-        number = version or (next_version(target) if target.is_dir() else 1)
-        if os.path.lexists(target / str(number)):
-            raise SurgeonError(f"triton.repository: {target / str(number)} exists; versions are never overwritten")
-        entries.append(_Entry(source, target, number))
-    undo: list[tuple[str, Callable[[], Any]]] = []  # what to take back, in the order it was done
-    try:
-        for entry in entries:  # stage everything before anything is visible to Triton
-            if not entry.target.exists():
-                entry.target.mkdir()
-                undo.append((f"remove {entry.target}", lambda path=entry.target: shutil.rmtree(path)))
-            entry.staging = Path(tempfile.mkdtemp(prefix=".surgeon-", dir=entry.target))
-            shutil.copytree(next(p for p in entry.source.iterdir() if p.is_dir()), entry.staging / "version")
-            shutil.copy2(entry.source / "config.pbtxt", entry.staging / "config.pbtxt")
-        for entry in entries:  # then rename each into place
-            undo.append(_replace_config(entry))
-            published = entry.target / str(entry.version)
-            (entry.staging / "version").rename(published)
-            undo.append((f"remove {published}", lambda path=published: shutil.rmtree(path)))
-    except BaseException as error:
-        left = _take_back(undo)
-        if isinstance(error, OSError):
-            where = f" ({error.filename})" if error.filename else ""
-            state = f"could not take back: {'; '.join(left)}" if left else "the repository was left as it was"
-            raise SurgeonError(f"triton.repository {repository}: publishing failed: "
-                               f"{error.strerror or error}{where}; {state}") from error
-        raise
-    finally:
-        for entry in entries:
-            if entry.staging is not None:
-                shutil.rmtree(entry.staging, ignore_errors=True)
-    return [entry.target / str(entry.version) for entry in entries]
-
-
-def _replace_config(entry: _Entry) -> tuple[str, Callable[[], Any]]:
-    """Put the staged config.pbtxt in place; return how to put the previous one back."""
-    config = entry.target / "config.pbtxt"
-    previous = entry.staging / "config.previous"
-    had_one = config.is_file()
-    if had_one:
-        shutil.copy2(config, previous)
-    os.replace(entry.staging / "config.pbtxt", config)
-    if had_one:
-        return f"restore {config}", lambda: os.replace(previous, config)
-    return f"remove {config}", lambda: config.unlink(missing_ok=True)
-
-
-def _take_back(undo: list[tuple[str, Callable[[], Any]]]) -> list[str]:
-    """Undo the steps, last first; return those that failed."""
-    failed = []
-    for what, action in reversed(undo):
-        try:
-            action()
-        except OSError as error:
-            failed.append(f"{what} ({error.strerror or error})")
-            log.warning("triton.repository: could not %s: %s", what, error.strerror or error)
-    return failed
+    entries = [Entry(version_source=next(p for p in source.iterdir() if p.is_dir()), target=repository / source.name,
+                     version=version, files=[source / "config.pbtxt"]) for source in sources]
+    return publish_entries(entries, "triton.repository", repository)
 
 
 # --- how to serve and measure it -----------------------------------------------------------------------------

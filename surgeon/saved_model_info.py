@@ -7,10 +7,17 @@ milliseconds. Only the small ``SavedModel`` wrapper message is declared here.
 The TensorFlow that wrote the model is in the MetaGraphDef itself
 (``meta_info_def.tensorflow_version``); the rest of the stack (onnx-tf, onnx,
 torch, ...) in ``assets.extra/surgeon.json`` when surgeon wrote the model.
+
+It also gives an example request for the ``serving_default`` signature (see
+``surgeon.example_request``), addressed to the model name TF Serving would
+serve it under: the model folder of a version folder (``<name>/<version>/``,
+Triton's ``<name>/<version>/model.savedmodel``), else the name the run that
+wrote ``OUT/saved_model`` gives it.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -194,9 +201,46 @@ def describe(path: str | Path) -> dict[str, Any]:
         "nodes": sum(ops.values()),
         "ops": dict(ops.most_common()),
         "pyfuncs": [asdict(call) for call in pyfunc_calls(meta_graph)],
+        "example_request": _example_request(path, meta_graph),
         "bytes": {"saved_model.pb": (path / "saved_model.pb").stat().st_size,
                   "variables": sum(f.stat().st_size for f in variables.rglob("*") if f.is_file())},
     }
+
+
+def _example_request(path: Path, meta_graph: Any) -> dict[str, Any] | None:
+    """The example request for ``serving_default``; None without it, ``{"problem": ...}`` when none can be built."""
+    from surgeon.example_request import example_request
+
+    signature = signatures(meta_graph).get(SERVING_SIGNATURE)
+    if signature is None:
+        return None
+    try:
+        return example_request(served_name(path), signature)
+    except SurgeonError as error:
+        return {"problem": str(error)}
+
+
+def served_name(path: Path) -> str:
+    """The model name a server would give the SavedModel in folder ``path``.
+
+    ``<name>/<version>/`` (TF Serving) and ``<name>/<version>/model.savedmodel`` (Triton) are named by their
+    model folder; ``OUT/saved_model`` by the run that wrote it (``report.json`` beside it).
+    """
+    from surgeon.publish import default_name
+
+    path = Path(path).resolve()
+    if path.name.isdigit() and path.parent.name:
+        return path.parent.name
+    if path.name == "model.savedmodel" and path.parent.name.isdigit() and path.parent.parent.name:
+        return path.parent.parent.name
+    try:
+        report = json.loads((path.parent / "report.json").read_text())
+        named = (report.get("tf_serving_commands") or {}).get("model") or default_name(report["source"])
+        if isinstance(named, str) and named:
+            return named
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return default_name(path.name)
 
 
 def made_with(info: dict[str, Any]) -> str:
@@ -238,4 +282,17 @@ def format_description(info: dict[str, Any]) -> str:
                      for call in info["pyfuncs"])
     else:
         lines.append("PyFunc: none")
+    lines.extend(request_lines(info.get("example_request")))
     return "\n".join(lines)
+
+
+def request_lines(request: dict[str, Any] | None) -> list[str]:
+    """The example request as ``surgeon inspect`` prints it."""
+    if request is None:
+        return []
+    if "problem" in request:
+        return [f"example request: none ({request['problem']})"]
+    inputs = ", ".join(f"{tensor['name']} {tensor['dtype']} [{', '.join(map(str, tensor['shape']))}]"
+                       for tensor in request["inputs"])
+    return [f"example request to TF Serving's REST API (model {request['model']}, \"{request['form']}\" form, "
+            f"batch 1, zeros: {inputs or 'no inputs'}):", *(f"  {line}" for line in request["commands"])]

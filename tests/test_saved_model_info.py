@@ -97,7 +97,13 @@ def test_text_for_surgeon_inspect(saved_models):
         "  output  best  int64  [?]",
         "  output  scores  float32  [?, 2]",
     ]
-    assert scorer[-1] == "PyFunc: none"
+    assert scorer[-3:] == [
+        "PyFunc: none",
+        'example request to TF Serving\'s REST API (model saved_model, "instances" form, batch 1, zeros: '
+        "counts int64 [1, 4], features float32 [1, 4]):",
+        "  curl -d '{\"signature_name\": \"serving_default\", \"instances\": [{\"counts\": [0, 0, 0, 0], "
+        "\"features\": [0.0, 0.0, 0.0, 0.0]}]}' http://localhost:8501/v1/models/saved_model:predict",
+    ]
     ceil_pool = format_description(describe(saved_models["ceil_pool"]))
     assert "node(s) call back into Python; TF Serving, Triton and any fresh process fail on them:" in ceil_pool
     assert "PyFunc  token pyfunc_" in ceil_pool
