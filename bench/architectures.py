@@ -2,19 +2,27 @@
 
 For each model of ``bench/zoo.py``:
 
-- recipe: what the original recipe did (and DESIGN.md measured): export at
-  batch 1 with the TorchScript exporter (opset 12; 14 where torch needs it),
-  set the inputs' first dim to ``?``, onnx-tf ``prepare(...).export_graph``,
-  then serve the SavedModel in a fresh process at batch 1, 3 and 8 and
-  compare with PyTorch;
+- recipe: what the original recipe did: export at batch 1 with the
+  TorchScript exporter (opset 12; 14 where torch needs it), set the inputs'
+  first dim to ``?``, onnx-tf ``prepare(...).export_graph``, then serve the
+  SavedModel in a fresh process at batch 1, 3 and 8 and compare with PyTorch;
 - surgeon: ``surgeon run bench/zoo.py:build`` with
   dynamic_batch,pool_fix,opset_compat,rename_outputs, verified at 1, 3 and 8
   (and per sample) against PyTorch, the SavedModel in a fresh process;
-- surgeon dynamo: the same with ``--set torch.dynamo=true`` (after
-  ``surgeon setup-dynamo``).
+- surgeon dynamo: the same with ``--set torch.dynamo=true`` (needs
+  onnxscript and onnx-ir: ``pip install 'surgeon[dynamo]'``); skipped, and
+  said so, on a stack without them (the TensorFlow 2.15 one).
+
+The recipe calls onnx-tf through ``imported_onnx_tf()``
+(surgeon_plugins/onnx_tf_compat.py): plain onnx-tf 1.10 no longer even
+imports on the default stack (onnx >= 1.19 has no ``onnx.mapping``), so
+this column measures onnx-tf's conversion, not its import; the results
+record what a plain ``import onnx_tf.backend`` does on the stack.
 
 Each conversion runs in a process of its own. Results go to
-bench/results/architectures.md.
+bench/results/architectures.md on the default stack (the TensorFlow that
+constraints.txt pins), to architectures-tfX.Y.md on any other (TensorFlow
+2.15: architectures-tf2.15.md).
 
     python bench/architectures.py [--only vit,unet]     (--only prints, and writes no results)
 """
@@ -22,18 +30,22 @@ bench/results/architectures.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import zoo  # noqa: E402  (beside this script)
+from stacks import stack  # noqa: E402
 
 ZOO = HERE / "zoo.py"
 RESULTS = HERE / "results" / "architectures.md"
@@ -42,6 +54,27 @@ BATCHES = (1, 3, 8)
 ATOL, RTOL = 1e-4, 1e-3
 TIMEOUT_S = 900
 RECIPE_OPSET = {"vit": 14}  # scaled_dot_product_attention needs 14
+
+
+def dynamo_missing() -> str | None:
+    """Why this stack cannot run the dynamo exporter (its packages are not installed), or None when it can."""
+    from surgeon_plugins.torch_exporter import DYNAMO_PACKAGES
+
+    missing = [package for module, package in DYNAMO_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed on this stack; the "
+            "dynamo exporter's packages need ml-dtypes >= 0.5, and TensorFlow 2.15 pins 0.3")
+
+
+def plain_onnx_tf_import() -> str:
+    """What ``import onnx_tf.backend`` does on this stack without surgeon's stand-ins, in a process of its own."""
+    finished = subprocess.run([sys.executable, "-c", "import onnx_tf.backend"], capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=TIMEOUT_S)
+    if finished.returncode == 0:
+        return "imports"
+    last = (finished.stderr.strip().splitlines() or ["?"])[-1]
+    return "fails: " + re.sub(r" \(/[^)]*\)$", "", last)[:200]  # without the path of this machine's onnx
 
 
 def recipe(name: str, folder: Path) -> str:
@@ -65,9 +98,9 @@ def recipe(name: str, folder: Path) -> str:
         value.type.tensor_type.shape.dim[0].dim_param = "?"
     try:
         with quiet_tensorflow():
-            from onnx_tf.backend import prepare
+            from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
 
-            prepare(exported).export_graph(str(folder / "saved_model"))
+            imported_onnx_tf().prepare(exported).export_graph(str(folder / "saved_model"))
     except Exception as error:
         lines = str(error).strip().splitlines() or [""]
         # TensorFlow wraps the handler's error in "in user code:" and a traceback; its last message line says why
@@ -144,42 +177,60 @@ def main() -> None:
     if args.recipe:
         print(recipe(args.recipe[0], Path(args.recipe[1])))
         return
+    stack_words, results = stack(RESULTS)
+    print(f"stack: {stack_words}", flush=True)
+    no_dynamo = dynamo_missing()
+    if no_dynamo:
+        print(f"dynamo exporter: skipped ({no_dynamo})", flush=True)
+    plain = plain_onnx_tf_import()
+    print(f"plain `import onnx_tf.backend` on this stack: {plain}", flush=True)
     names = args.only.split(",") if args.only else list(zoo.FACTORIES)
+    configs = ("recipe", "surgeon") if no_dynamo else ("recipe", "surgeon", "surgeon dynamo")
     rows = []
     for name in names:
-        outcomes = [run_recipe(name), run_surgeon(name, dynamo=False), run_surgeon(name, dynamo=True)]
-        for config, (outcome, seconds) in zip(("recipe", "surgeon", "surgeon dynamo"), outcomes):
+        outcomes = [run_recipe(name), run_surgeon(name, dynamo=False)]
+        if not no_dynamo:
+            outcomes.append(run_surgeon(name, dynamo=True))
+        for config, (outcome, seconds) in zip(configs, outcomes):
             print(f"{name:<11} {config:<15} {seconds:5.1f}s  {outcome}", flush=True)
         rows.append((name, zoo.FACTORIES[name].__doc__.splitlines()[0], outcomes))
     if args.only:
-        print(f"not written to {RESULTS}: --only ran a subset")
+        print(f"not written to {results}: --only ran a subset")
     else:
-        write(rows)
+        write(rows, results, stack_words, no_dynamo, plain)
 
 
-def write(rows: list) -> None:
-    servable = [sum(outcomes[k][0].startswith("ok") for _, _, outcomes in rows) for k in range(3)]
+def write(rows: list, results: Path, stack_words: str, no_dynamo: str | None, plain: str) -> None:
+    servable = [sum(outcomes[k][0].startswith("ok") for _, _, outcomes in rows) for k in range(len(rows[0][2]))]
+    dynamo = (f"the dynamo exporter was not run ({no_dynamo})" if no_dynamo
+              else f"surgeon with the dynamo exporter **{servable[2]} of {len(rows)}**")
     lines = [
         "# Architectures: the recipe by hand vs surgeon",
         "",
-        f"Machine: {platform.machine()}, 2 CPUs shared with other work, Python {platform.python_version()}; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other work, Python "
+        f"{platform.python_version()}, {stack_words}, onnx-tf {version('onnx-tf')}; "
         "`python bench/architectures.py`. Models: `bench/zoo.py` (small stand-ins; input shapes in its "
         "`SHAPES`). 'ok': the SavedModel, loaded in a fresh process through `serving_default`, matches "
         f"PyTorch at batch {', '.join(map(str, BATCHES))} (atol {ATOL}, rtol {RTOL}; surgeon also per sample). "
-        "dynamic_batch always frees the batch dim of the graph's inputs and outputs (F5); 'nodes changed by' "
+        "dynamic_batch always frees the batch dim of the graph's inputs and outputs; 'nodes changed by' "
         "names the plugins that also rewrote nodes. Times: the whole conversion and check, one process each.",
         "",
-        f"Servable and correct: recipe **{servable[0]} of {len(rows)}**, surgeon **{servable[1]} of {len(rows)}**, "
-        f"surgeon with the dynamo exporter **{servable[2]} of {len(rows)}**.",
+        "The recipe by hand runs onnx-tf 1.10's own `prepare(...).export_graph`, imported through surgeon's "
+        "`imported_onnx_tf()` (surgeon_plugins/onnx_tf_compat.py): plain onnx-tf 1.10 no longer even imports "
+        "on the default stack (onnx >= 1.19 removed `onnx.mapping`, which it reads), so this column measures "
+        f"onnx-tf's conversion, not its import. A plain `import onnx_tf.backend` on this stack: {plain}.",
         "",
-        "| model | what it has | recipe by hand | surgeon | surgeon, dynamo exporter |",
-        "|---|---|---|---|---|",
+        f"Servable and correct: recipe **{servable[0]} of {len(rows)}**, surgeon **{servable[1]} of {len(rows)}**, "
+        f"{dynamo}.",
+        "",
+        "| model | what it has | recipe by hand | surgeon |" + ("" if no_dynamo else " surgeon, dynamo exporter |"),
+        "|---|---|---|---|" + ("" if no_dynamo else "---|"),
     ]
     for name, doc, outcomes in rows:
         cells = [f"{outcome} ({seconds:.0f} s)" for outcome, seconds in outcomes]
         lines.append(f"| {name} | {doc} | " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS}")
+    results.write_text("\n".join(lines) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ over ``--repeat`` runs. Target (issue 3): time ratio at most 1.05.
     python bench/convert_overhead.py               # full size, 3 runs each
     python bench/convert_overhead.py --shape 1,1,32,64,64 --repeat 1
 
-Results go to bench/results/convert_overhead.md.
+Results go to bench/results/convert_overhead.md on the default stack (the
+TensorFlow that constraints.txt pins), to convert_overhead-tfX.Y.md on any
+other (TensorFlow 2.15: convert_overhead-tf2.15.md).
 """
 
 from __future__ import annotations
@@ -34,14 +36,18 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from stacks import stack  # beside this script
+
 RESULTS = Path(__file__).parent / "results" / "convert_overhead.md"
 SURGEON = Path(sys.executable).with_name("surgeon")
 BARE = """
 import sys
 import onnx
-from onnx_tf.backend import prepare
+# onnx-tf 1.10 as surgeon imports it: plain `import onnx_tf` fails on the default stack (onnx >= 1.19 has no
+# onnx.mapping); the conversion itself is onnx-tf's own
+from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
 
-prepare(onnx.load(sys.argv[1])).export_graph(sys.argv[2])
+imported_onnx_tf().prepare(onnx.load(sys.argv[1])).export_graph(sys.argv[2])
 """
 
 
@@ -75,6 +81,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--work", type=Path, help="folder for the model and outputs (default: a temporary one)")
     args = parser.parse_args()
+    stack_words, results = stack(RESULTS)
+    command_line = "".join(f" --{name} {value}" for name, value, default in (
+        ("shape", args.shape, parser.get_default("shape")), ("repeat", args.repeat, parser.get_default("repeat")))
+        if value != default)
+    print(f"stack: {stack_words}; results to {results}", flush=True)
     shape = tuple(map(int, args.shape.split(",")))
     work = args.work or Path(tempfile.mkdtemp(prefix="convert-overhead-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -118,10 +129,10 @@ def main() -> None:
         f"{source.stat().st_size / 1e6:.0f} MB (opset 13, legacy exporter, fixed shape); "
         f"SavedModel {saved_model / 1e6:.0f} MB.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"TensorFlow {version('tensorflow')}, onnx {version('onnx')}, onnx-tf {version('onnx-tf')}; load average "
+        f"{stack_words}, onnx-tf {version('onnx-tf')}; load average "
         f"{os.getloadavg()[0]:.1f} at the end.",
         f"Each run is a whole new process (imports included); {args.repeat} runs each, alternating; "
-        "`python bench/convert_overhead.py`. CPU time (user + system) is the least disturbed by other "
+        f"`python bench/convert_overhead.py{command_line}`. CPU time (user + system) is the least disturbed by other "
         "work on the machine.",
         "",
         "| | wall, median (s) | wall, best (s) | CPU, median (s) | peak memory (GB) |",
@@ -148,9 +159,9 @@ def main() -> None:
         "|" + "---:|" * len(stage_names),
         "| " + " | ".join(f"{stages[-1][name]:.2f}" for name in stage_names) + " |",
     ]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS}")
+    results.parent.mkdir(exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

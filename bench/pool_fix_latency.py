@@ -6,7 +6,7 @@ that the conversions without pool_fix serve correctly too:
 - ct-position: the bundled 3D ResNet-34 (``MaxPool3d(3, stride=2, padding=1)``), batch made dynamic;
 - pool-heavy: a small 2D CNN that is mostly pooling: ``MaxPool2d(3, 2, 1)``, ``AvgPool2d(3, 1, 1)``
   with and without count_include_pad, ``MaxPool2d(3, 2, 1, ceil_mode=True)``; at a static batch
-  onnx-tf pools its count_include_pad=False averages natively (as SAME), at a dynamic one it cannot (F3).
+  onnx-tf pools its count_include_pad=False averages natively (as SAME), at a dynamic one it cannot.
 
 Each variant is converted by ``surgeon.run``, which checks the SavedModel
 against PyTorch in a fresh process:
@@ -24,7 +24,9 @@ describes the method).
     python bench/pool_fix_latency.py
     python bench/pool_fix_latency.py --rounds 20 --block 0.2
 
-Results go to bench/results/pool_fix_latency.md.
+Results go to bench/results/pool_fix_latency.md on the default stack (the
+TensorFlow that constraints.txt pins), to pool_fix_latency-tfX.Y.md on any
+other (TensorFlow 2.15: pool_fix_latency-tf2.15.md).
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ import platform
 import subprocess
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
+
+from stacks import stack  # beside this script
 from statistics import median
 
 RESULTS = Path(__file__).parent / "results" / "pool_fix_latency.md"
@@ -135,6 +140,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--block", type=float, default=0.3, help="seconds of calls per variant and round")
     args = parser.parse_args()
+    stack_words, results = stack(RESULTS)
+    print(f"stack: {stack_words}; results to {results}", flush=True)
     import surgeon
 
     rows, paths = [], {}
@@ -158,7 +165,7 @@ def main() -> None:
         "# Serving latency with and without pool_fix",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other work, Python "
-        f"{platform.python_version()}, TensorFlow 2.15.1 (CPU) via onnx-tf 1.10; "
+        f"{platform.python_version()}, {stack_words} (CPU), onnx-tf {version('onnx-tf')}; "
         f"`python bench/pool_fix_latency.py --rounds {args.rounds} --block {args.block}`.",
         "",
         "Every SavedModel is served from one fresh process as TF Serving runs it (a TF1 session on the `serve`",
@@ -182,10 +189,10 @@ def main() -> None:
         lines.append(f"| {model} | {variant} | {done} | {worst} | {median(times) * 1e3:.2f} | "
                      f"{median(times) / median(base_times) - 1:+.1%} | {min(times) * 1e3:.2f} | "
                      f"{min(times) / min(base_times) - 1:+.1%} |")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    results.parent.mkdir(exist_ok=True)
+    results.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
