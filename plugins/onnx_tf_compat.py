@@ -35,7 +35,8 @@ import sys
 import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from surgeon import SurgeonError
 from surgeon_plugins.onnx_tf_support import INSTALL_ONNX_TF
@@ -242,8 +243,24 @@ def imported_onnx_tf() -> types.ModuleType:
     return onnx_tf.backend
 
 
+@dataclass
+class MendedOnnxTf:
+    """onnx-tf's backend, mended for one conversion, and the ONNX nodes it is converting."""
+
+    backend: types.ModuleType
+    in_progress: list[Any] = field(default_factory=list)  # onnx-tf's node wrappers; a failed one stays on top
+
+    def failed_node(self) -> Optional[str]:
+        """The ONNX node whose handler raised, in words (None when no handler did)."""
+        if not self.in_progress:
+            return None
+        node = self.in_progress[-1]
+        inputs = ", ".join(repr(name) for name in node.inputs)
+        return f"{node.name!r} ({node.op_type}; inputs {inputs})" if node.name else f"{node.op_type} (inputs {inputs})"
+
+
 @contextmanager
-def mended_handlers() -> Iterator[types.ModuleType]:
+def mended_handlers() -> Iterator[MendedOnnxTf]:
     """onnx-tf's backend with its handlers mended for one conversion; as they were afterwards.
 
     - Keras: HardSigmoid and Gemm compute with plain TensorFlow, and the
@@ -255,6 +272,8 @@ def mended_handlers() -> Iterator[types.ModuleType]:
       second layer then runs with the first layer's kernel, which fails when
       the depths differ and computes wrong numbers when they are equal (a
       2-layer ``nn.LSTM(4, 4)``). Each node now gets a cell of its own.
+    - Failures: the node being converted is kept (``MendedOnnxTf.failed_node``),
+      so that an error names the ONNX node rather than, say, ``KeyError: ''``.
     - Input depth: TensorFlow's RNN needs it statically, and onnx-tf's
       Reshape loses static shapes (it computes every target shape at run
       time): a layer after a bidirectional one fails ("Input size (depth of
@@ -270,6 +289,16 @@ def mended_handlers() -> Iterator[types.ModuleType]:
     from onnx_tf.handlers.backend.lstm import LSTM
     from onnx_tf.handlers.backend.rnn import RNN
     from onnx_tf.handlers.backend.rnn_mixin import RNNMixin
+
+    mended = MendedOnnxTf(backend)
+    to_tensorflow_op = backend.TensorflowBackend.__dict__["_onnx_node_to_tensorflow_op"]
+
+    @classmethod  # type: ignore[misc]
+    def tracked_to_tensorflow_op(cls, node, *args, **kwargs):
+        mended.in_progress.append(node)
+        outputs = to_tensorflow_op.__func__(cls, node, *args, **kwargs)
+        mended.in_progress.pop()
+        return outputs
 
     shared_cell_rnn = RNNMixin.__dict__["rnn"]
 
@@ -300,8 +329,10 @@ def mended_handlers() -> Iterator[types.ModuleType]:
             stack.enter_context(_attribute(tf.compat.v1.nn, "rnn_cell", rnn_cell_impl))
         stack.enter_context(_attribute(HardSigmoid, "_common", _hard_sigmoid_common))
         stack.enter_context(_attribute(Gemm, "_common", _gemm_common))
-        yield backend
+        stack.enter_context(_attribute(backend.TensorflowBackend, "_onnx_node_to_tensorflow_op",
+                                       tracked_to_tensorflow_op))
+        yield mended
 
 
-__all__ = ["Bernoulli", "data_type_tables", "flatten", "hard_sigmoid", "hardmax", "imported_onnx_tf",
+__all__ = ["Bernoulli", "MendedOnnxTf", "data_type_tables", "flatten", "hard_sigmoid", "hardmax", "imported_onnx_tf",
            "mended_handlers", "thresholded_relu"]

@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon import Converter, SurgeonError, hookimpl
+from surgeon import Converter, PluginError, SurgeonError, hookimpl
+from surgeon.errors import describe
 from surgeon.naming import fresh_name
 from surgeon.onnx_io import real_inputs
 from surgeon_plugins.onnx_tf_compat import mended_handlers
@@ -79,36 +80,51 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
     from surgeon.device import quiet_tensorflow, verbose
 
     check_input_names(model)
-    model = with_unique_node_names(model)
+    model = readable_by_onnx_tf(model)
     started = time.perf_counter()
-    with quiet_tensorflow(), mended_handlers() as backend:
+    with quiet_tensorflow(), mended_handlers() as onnx_tf:
         imported = time.perf_counter()
-        representation = backend.prepare(model, logging_level="INFO" if verbose() else "ERROR", auto_cast=options.auto_cast)
-        prepared = time.perf_counter()
-        export(representation, target)
+        try:
+            representation = onnx_tf.backend.prepare(model, logging_level="INFO" if verbose() else "ERROR",
+                                                     auto_cast=options.auto_cast)
+            prepared = time.perf_counter()
+            export(representation, target)
+        except Exception as error:
+            node = onnx_tf.failed_node()
+            if node is None or isinstance(error, SurgeonError):
+                raise
+            raise PluginError("onnx_tf", f"conversion failed at ONNX node {node}: {describe(error)}",
+                              hint="--debug shows the traceback") from error
     log.debug("onnx-tf: import (with TensorFlow) %.1fs, prepare %.1fs, export %.1fs",
               imported - started, prepared - imported, time.perf_counter() - prepared)
 
 
-def with_unique_node_names(model):
-    """``model``, or a copy whose nodes all have names that differ ignoring case.
+def readable_by_onnx_tf(model):
+    """``model``, or a copy that means the same, written the way onnx-tf 1.10 reads it.
 
-    onnx-tf names an RNN node's variables after the node's name in lower case,
-    and refuses a model where two would clash ("Node name is not unique").
+    - Node names that differ ignoring case: onnx-tf names an RNN node's
+      variables after the node's name in lower case, and refuses a model where
+      two would clash ("Node name is not unique").
+    - No trailing empty inputs: an optional input left out at the end of a
+      node's inputs may be written as the empty name, which onnx-tf looks up
+      as a tensor (``KeyError: ''``; torchvision's swin_t has such Pads).
     """
     import onnx
 
     names = [node.name.lower() for node in model.graph.node]
-    if all(names) and len(set(names)) == len(names):
+    unique = all(names) and len(set(names)) == len(names)
+    if unique and not any(node.input and not node.input[-1] for node in model.graph.node):
         return model
-    renamed = onnx.ModelProto()
-    renamed.CopyFrom(model)
-    taken = set()
-    for index, node in enumerate(renamed.graph.node):
-        if not node.name or node.name.lower() in taken:
+    readable = onnx.ModelProto()
+    readable.CopyFrom(model)
+    taken: set[str] = set()
+    for index, node in enumerate(readable.graph.node):
+        if not unique and (not node.name or node.name.lower() in taken):
             node.name = fresh_name(f"{node.name or node.op_type}_{index}".lower(), taken)
         taken.add(node.name.lower())
-    return renamed
+        while node.input and not node.input[-1]:
+            node.input.pop()
+    return readable
 
 
 def export(representation, target: Path) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
@@ -47,6 +47,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
 from surgeon.naming import fresh_name
+from surgeon.shapes import inferred_types
 from surgeon_plugins.onnx_tf_support import ONNX_DOMAINS, Handlers, handlers, since_version
 
 log = logging.getLogger("surgeon")
@@ -410,10 +411,14 @@ def types_fit(op_schema: Schema, inputs: Sequence[Optional[int]], outputs: Seque
                                 f"({formal.name!r})")
 
 
-def recorded_types(node: Any) -> tuple[list[Optional[int]], list[Optional[int]]]:
-    """The element types the model records for the node's inputs and outputs (a Cast's from its ``to``)."""
-    inputs = [None if is_empty(t) else onnx_type(t.dtype) for t in node.inputs]
-    outputs = [None if is_empty(t) else onnx_type(t.dtype) for t in node.outputs]
+def recorded_types(node: Any, inferred: Mapping[str, int]) -> tuple[list[Optional[int]], list[Optional[int]]]:
+    """The element types of the node's inputs and outputs: as the model records them, else as shape inference
+    found them (``inferred``: tensor name -> type), else None; a Cast's output from its ``to``."""
+    def element(tensor: gs.Tensor) -> Optional[int]:
+        return None if is_empty(tensor) else onnx_type(tensor.dtype) or inferred.get(tensor.name)
+
+    inputs = [element(t) for t in node.inputs]
+    outputs = [element(t) for t in node.outputs]
     if node.op == "Cast" and outputs:
         outputs[0] = node.attrs.get("to")
     return inputs, outputs
@@ -697,7 +702,7 @@ STEPS: dict[tuple[str, int], StepAdapter] = {
 }
 
 
-def step_down(node: gs.Node, since: int, target: int) -> list[Step]:
+def step_down(node: gs.Node, since: int, target: int, inferred: Mapping[str, int]) -> list[Step]:
     """The steps from schema version ``since`` of the node's operator down to ``target``, planned on a sketch."""
     sketch = Sketch.of(node)
     dry = Builder(None, target, set())
@@ -709,7 +714,7 @@ def step_down(node: gs.Node, since: int, target: int) -> list[Step]:
         if step is not None:
             step.edit(sketch, dry)
             steps.append(step)
-        types_fit(older_schema, *recorded_types(sketch))
+        types_fit(older_schema, *recorded_types(sketch, inferred))
     return steps
 
 
@@ -960,16 +965,17 @@ DECOMPOSITIONS: dict[str, Decomposition] = {
 # ---------------------------------------------------------------- planning
 
 
-def node_rewrite(graph: gs.Graph, node: gs.Node, source: int, target: int, table: Handlers) -> Optional[Rewrite]:
+def node_rewrite(graph: gs.Graph, node: gs.Node, source: int, target: int, table: Handlers,
+                 inferred: Mapping[str, int]) -> Optional[Rewrite]:
     """What becomes of ``node`` when the model goes from opset ``source`` to ``target``; Unfixable when nothing
-    works."""
+    works. ``inferred``: element types of tensors the model leaves untyped."""
     op, since, wanted = node.op, since_version(node.op, source), since_version(node.op, target)
     name = f"{op}-{since}"
     if table.converts(op, wanted):
         if since == wanted:
             return None
         try:
-            steps = step_down(node, since, wanted)
+            steps = step_down(node, since, wanted, inferred)
         except Unfixable as error:
             problem = f"{op}-{wanted}: {error}"
         else:
@@ -994,12 +1000,21 @@ def node_rewrite(graph: gs.Graph, node: gs.Node, source: int, target: int, table
     return Rewrite(graph, node, name, f"decomposed into {', '.join(decomposition.primitives)}", [edit])
 
 
+def untyped_element_types(graph: gs.Graph, nodes: Sequence[tuple[gs.Graph, gs.Node]]) -> dict[str, int]:
+    """Element types shape inference finds for the tensors of ``nodes`` that the model leaves untyped (an
+    operator's older version may not take the type: Elu-6 has no bfloat16); empty when all are typed."""
+    untyped = {t.name for _, node in nodes for t in (*node.inputs, *node.outputs) if not is_empty(t) and t.dtype is None}
+    if not untyped:
+        return {}
+    return {name: elem for name, (elem, _) in inferred_types(graph).items() if name in untyped and elem}
+
+
 def plan_at(nodes: Sequence[tuple[gs.Graph, gs.Node]], source: int, target: int, table: Handlers,
-            plan: Plan) -> Plan | str:
+            plan: Plan, inferred: Mapping[str, int]) -> Plan | str:
     """``plan`` filled in for opset ``target``, or why ``target`` is ruled out: a node that would not be valid there."""
     for graph, node in nodes:
         try:
-            rewrite = node_rewrite(graph, node, source, target, table)
+            rewrite = node_rewrite(graph, node, source, target, table, inferred)
         except Unfixable as error:
             if since_version(node.op, target) != since_version(node.op, source):
                 return f"node {describe(node)} ({label(node, source)}) cannot be brought to opset {target}: {error}"
@@ -1027,12 +1042,13 @@ def make_plan(graph: gs.Graph, options: OpsetCompatOptions) -> Plan:
     top = min(source, options.opset or source)
     if top == source and len(unsupported) == len(foreign):
         return Plan(source, source, blocked=foreign, unsupported=unsupported)
+    inferred = untyped_element_types(graph, nodes)
     best: Optional[Plan] = None
     ruled_out: dict[int, str] = {}
     opsets = distinct_opsets({node.op for _, node in nodes}, top)
     for target in opsets:
         plan = plan_at(nodes, source, target, table, Plan(source, target, blocked=list(foreign),
-                                                           unsupported=unsupported))
+                                                           unsupported=unsupported), inferred)
         if isinstance(plan, str):
             ruled_out[target] = plan
         elif best is None or len(plan.blocked) < len(best.blocked):
@@ -1044,7 +1060,7 @@ def make_plan(graph: gs.Graph, options: OpsetCompatOptions) -> Plan:
                            f"{ruled_out[top]}", hint="leave opset_compat.opset unset")
     lower = [target for target in opsets if target < best.target]
     for blocked in best.blocked[len(foreign):]:
-        blocked.reason = why_left(blocked, graph, source, lower, table, ruled_out)
+        blocked.reason = why_left(blocked, graph, source, lower, table, ruled_out, inferred)
     return best
 
 
@@ -1063,12 +1079,12 @@ def distinct_opsets(ops: set[str], top: int) -> list[int]:
 
 
 def why_left(blocked: Blocked, graph: gs.Graph, source: int, lower: list[int], table: Handlers,
-             ruled_out: dict[int, str]) -> str:
+             ruled_out: dict[int, str], inferred: Mapping[str, int]) -> str:
     """Why a node stays unconverted: what goes wrong at the nearest lower opset where it would convert."""
     op = blocked.node.op
     for opset in lower:
         try:
-            node_rewrite(graph, blocked.node, source, opset, table)
+            node_rewrite(graph, blocked.node, source, opset, table, inferred)
         except Unfixable as error:
             if table.converts(op, since_version(op, opset)):
                 return str(error)

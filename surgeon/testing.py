@@ -56,9 +56,12 @@ def apply_pass_with_record(
     return rewritten, record
 
 
-def run_onnx(model: onnx.ModelProto, feed: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run ``model`` on onnxruntime with one array per input, in input order."""
-    return onnxruntime_runner(model)([list(feed)])[0]
+def run_onnx(model: onnx.ModelProto, feed: Sequence[np.ndarray], optimized: bool = True) -> list[np.ndarray]:
+    """Run ``model`` on onnxruntime with one array per input, in input order.
+
+    ``optimized=False``: with onnxruntime's graph optimizations off, to compare two graphs bit for bit (its fusions
+    may order a float sum differently once a shape is symbolic)."""
+    return onnxruntime_runner(model, optimized)([list(feed)])[0]
 
 
 def assert_same_outputs(

@@ -194,11 +194,15 @@ def reference_runner(ctx: RunContext) -> tuple[Runner, str]:
     return lambda feeds: [by_sample(source_feed(feed)) for feed in feeds], "onnxruntime on the source model"
 
 
-def onnxruntime_runner(model: onnx.ModelProto) -> Runner:
+def onnxruntime_runner(model: onnx.ModelProto, optimized: bool = True) -> Runner:
+    """onnxruntime on ``model``; ``optimized=False`` turns its graph optimizations off, so that it computes the
+    graph as written (its fusions may order a float sum differently for another shape of the same graph)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return lambda feeds: [session.run(None, dict(zip(names, feed))) for feed in feeds]

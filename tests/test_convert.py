@@ -283,7 +283,8 @@ def test_the_converter_computes_what_onnx_tf_computes_on_every_backend_node_case
         else:
             same += 1
     assert not differ
-    assert same >= 400  # 449 with onnx 1.18 and onnx-tf 1.10
+    # 449 with onnx 1.18's case files; 395 with the cases onnx 1.23 generates, many at operator versions onnx-tf lacks
+    assert same >= 350
 
 
 @pytest.mark.parametrize("visible, gpus", [
@@ -358,7 +359,7 @@ def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_se
 
 
 def test_node_names_onnx_tf_would_find_clashing_are_made_unique():
-    from surgeon_plugins.onnx_tf_converter import with_unique_node_names
+    from surgeon_plugins.onnx_tf_converter import readable_by_onnx_tf
 
     model = model_from_text("""
         <ir_version: 8, opset_import: ["" : 13]>
@@ -366,11 +367,11 @@ def test_node_names_onnx_tf_would_find_clashing_are_made_unique():
     """)
     for node, name in zip(model.graph.node, ["LSTM", "lstm", "", "relu_3"]):
         node.name = name
-    renamed = with_unique_node_names(model)
+    renamed = readable_by_onnx_tf(model)
     names = [node.name for node in renamed.graph.node]
     assert names[0] == "LSTM" and len({name.lower() for name in names}) == 4 and all(names)
     assert [node.name for node in model.graph.node][1] == "lstm"  # the caller's model is left as it was
-    assert with_unique_node_names(renamed) is renamed
+    assert readable_by_onnx_tf(renamed) is renamed
 
 
 class StackedRecurrent(torch.nn.Module):
@@ -403,3 +404,32 @@ def test_stacked_recurrent_layers_serve(kind, tmp_path):
                          options={"torch": {"input_shapes": ["1,5,4"], "kwargs": {"kind": kind}}})
     assert all(row["ok"] for row in report["parity"])
     assert {row["batch"] for row in report["parity"] if row["stage"] == "saved_model"} == {1, 3}
+
+
+def test_a_trailing_empty_optional_input_converts(tmp_path):
+    """torchvision's swin_t writes Pads whose omitted constant_value is the empty name; onnx-tf looked it up."""
+    path = tmp_path / "pad.onnx"
+    onnx.save(model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 3] x) => (float[N, 5] y) <int64[4] pads = {0, 1, 0, 1}> { y = Pad(x, pads, "") }
+    """), str(path))
+    report = surgeon.run(path, tmp_path / "out", batch_sizes=[1, 3])
+    assert {row["stage"] for row in report["parity"]} == {"onnx", "saved_model"}
+    assert all(row["ok"] for row in report["parity"])
+    assert list(onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node[0].input) == ["x", "pads", ""]
+
+
+def test_a_failure_inside_onnx_tf_names_the_onnx_node(tmp_path):
+    path = tmp_path / "resize.onnx"
+    onnx.save(model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 1, 2, 2] x) => (float[N, 1, 4, 4] y) <float[4] scales = {1.0, 1.0, 2.0, 2.0}> {
+            y = Resize<mode = "nearest">(x, "", scales)
+        }
+    """), str(path))
+    result = subprocess.run([str(SURGEON), "run", str(path), "-o", str(tmp_path / "out")], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 1
+    assert ("plugin 'onnx_tf': conversion failed at ONNX node 'resize_0' (Resize; inputs 'x', '', 'scales'): "
+            "RuntimeError: Resize coordinate_transformation_mode=half_pixel") in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

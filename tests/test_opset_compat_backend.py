@@ -28,7 +28,7 @@ import surgeon
 from surgeon import RewritePass
 from surgeon.testing import BackendCase, apply_pass, backend_node_cases, run_onnx
 from surgeon_plugins import opset_compat
-from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+from surgeon_plugins.onnx_tf_compat import imported_onnx_tf, mended_handlers
 from surgeon_plugins.onnx_tf_support import handlers
 
 TRANSFORMER = '''
@@ -134,6 +134,11 @@ LIMITS = [
     (r"test_roialign_mode_max", "wrong values", "onnx-tf's RoiAlign computes mode=max differently"),
     (r"test_(gru|lstm|simple_rnn)_", ".", "onnx-tf's recurrent handlers fail or compute differently on "
      "TensorFlow 2.15 (and onnxruntime runs no layout=1)"),
+    (r"test_range_bfloat16", "KeyError", "NumPy has no bfloat16: onnx-tf finds no NumPy type for the data"),
+    (r"test_l2normalization_axis_0", "wrong values", "onnx-tf's LpNormalization divides an all-zero slice by its "
+     "zero norm (NaN where onnx gives 0)"),
+    (r"test_shape_start_greater_than_end", "wrong values", "onnx-tf's Slice of a shape returns an element where "
+     "start > end leaves none"),
 ]
 # onnx-tf fails or succeeds on these before opset_compat; opset_compat fixes, or leaves them with a reason
 REPRESENTATIVE = (
@@ -168,7 +173,8 @@ def close(actual: list, expected: list) -> bool:
     for got, want in zip(map(np.asarray, actual), expected):
         if got.shape != want.shape:
             return False
-        if want.dtype.kind in "fc" and not np.allclose(got, want, rtol=1e-3, atol=1e-5, equal_nan=True):
+        rtol = 2e-3 if want.dtype == np.float16 else 1e-3  # float16 carries 11 bits: 1e-3 is one unit in the last place
+        if want.dtype.kind in "fc" and not np.allclose(got, want, rtol=rtol, atol=1e-5, equal_nan=True):
             return False
         if want.dtype.kind not in "fc":
             with np.errstate(invalid="ignore"):
@@ -178,8 +184,10 @@ def close(actual: list, expected: list) -> bool:
 
 
 def onnx_tf_outcome(model: onnx.ModelProto, case: BackendCase) -> str:
+    """onnx-tf as surgeon's converter runs it (its handlers mended), in this process."""
     try:
-        outputs = list(imported_onnx_tf().prepare(model, logging_level="ERROR").run(case.inputs))
+        with mended_handlers() as onnx_tf:
+            outputs = list(onnx_tf.backend.prepare(model, logging_level="ERROR").run(case.inputs))
     except Exception as error:
         return f"fails: {last_line(error)}"
     if RANDOM.match(case.name):
