@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plugin-path", action="append", default=[], metavar="FILE.py",
                      help="load plugins from a Python file; repeatable")
     run.add_argument("--config", metavar="FILE.toml", help="a pipeline file; command-line flags override it")
-    run.add_argument("--force", action="store_true", help="replace a non-empty OUT")
+    run.add_argument("--force", action="store_true",
+                     help="replace OUT if it holds a previous surgeon output (its report.json); never a folder "
+                     "holding the source, checkpoint, plugin or pipeline file, the current or home folder")
     run.add_argument("--example", metavar="NAME", help="use a bundled example model as SOURCE (ct-position)")
     run.add_argument("--weights", metavar="CKPT", help="PyTorch checkpoint (a state_dict) for a PyTorch SOURCE")
     run.add_argument("--input-shape", metavar="1,1,128,128,128", action="append",

@@ -89,6 +89,7 @@ def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
         device=args.device or (str(settings["device"]) if "device" in settings else None),
         plugin_paths=[Path(p) for p in [*settings.get("plugin_path", []), *args.plugin_path]],
         force=args.force or settings.get("force", False),
+        pipeline_file=Path(args.config) if getattr(args, "config", None) else None,
     )
     if args.format or "format" in settings:
         config.formats = _names(args.format) if args.format else list(settings["format"])

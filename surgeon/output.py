@@ -3,32 +3,69 @@
 Everything is written into a hidden staging folder beside the target and
 renamed into place at the end, so an error, Ctrl-C or a killed process never
 leaves a half-written OUT: it is either absent, as it was, or complete.
+
+``--force`` replaces only a previous surgeon output (a folder holding
+surgeon's report.json), and never one that holds a file the run reads, the
+current folder, the home folder or a filesystem root.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from surgeon.errors import SurgeonError, UsageError
 
 
-def check_target(target: Path, force: bool) -> None:
-    """Refuse a target that exists as a file, or as a non-empty folder without ``force``."""
+REPORT = "report.json"
+
+
+def check_target(target: Path, force: bool, keep: Sequence[Path] = ()) -> None:
+    """Refuse a target that exists as a file, or as a non-empty folder unless ``force`` may replace it.
+
+    ``keep``: the files the run reads (its source, checkpoint, plugin files, pipeline file), which must survive.
+    """
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise UsageError(f"output {target} exists and is not a folder")
-    if target.is_dir() and any(target.iterdir()) and not force:
-        raise UsageError(f"output folder {target} is not empty", hint="pass --force to replace it")
+    if target.is_dir() and any(target.iterdir()):
+        if not force:
+            raise UsageError(f"output folder {target} is not empty",
+                             hint="pass --force to replace it, if it holds a previous surgeon output")
+        check_replaceable(target, keep)
+
+
+def check_replaceable(target: Path, keep: Sequence[Path]) -> None:
+    """``--force`` may replace ``target``: a previous surgeon output holding nothing that must survive."""
+    folder = target.resolve()
+    if folder == Path(folder.anchor):
+        raise UsageError(f"--force will not replace {target}: it is a filesystem root")
+    protected = [("the current folder", Path.cwd()), ("the home folder", Path.home())]
+    protected += [(f"{path}, which this run reads", path) for path in keep]
+    for what, path in protected:
+        if path.resolve().is_relative_to(folder):
+            raise UsageError(f"--force will not replace {target}: it holds {what}")
+    if not is_surgeon_output(folder):
+        raise UsageError(f"--force will not replace {target}: it is not a previous surgeon output "
+                         f"(those hold surgeon's {REPORT})", hint="choose another -o, or empty the folder yourself")
+
+
+def is_surgeon_output(folder: Path) -> bool:
+    try:
+        report = json.loads((folder / REPORT).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "surgeon" in report
 
 
 @contextmanager
-def staged(target: Path, force: bool) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``target``."""
-    check_target(target, force)
+def staged(target: Path, force: bool, keep: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder; on success it replaces ``target`` (see ``check_target`` for ``keep``)."""
+    check_target(target, force, keep)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_abandoned(target)
@@ -39,7 +76,7 @@ def staged(target: Path, force: bool) -> Iterator[Path]:
         raise SurgeonError(f"cannot write output beside {target}: {error.strerror or error}") from None
     try:
         yield staging
-        replace(staging, target, force)
+        replace(staging, target, force, keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -68,9 +105,9 @@ def _umask() -> int:
     return mask
 
 
-def replace(staging: Path, target: Path, force: bool) -> None:
+def replace(staging: Path, target: Path, force: bool, keep: Sequence[Path] = ()) -> None:
     """Rename ``staging`` to ``target``, moving a previous ``target`` aside first."""
-    check_target(target, force)
+    check_target(target, force, keep)
     if not target.exists():
         staging.rename(target)
         return

@@ -52,6 +52,7 @@ class RunConfig:
     converter: str = DEFAULT_CONVERTER
     plugin_paths: list[Path] = field(default_factory=list)
     force: bool = False
+    pipeline_file: Path | None = None
 
 
 @dataclass
@@ -189,6 +190,27 @@ def stage(report: dict[str, Any], name: str, what: str) -> Iterator[None]:
     log.info("%s: done in %.1fs", name, seconds)
 
 
+def files_read(config: RunConfig) -> list[Path]:
+    """The user's files this run reads, which ``--force`` must never remove: the source (an ONNX file with its
+    external data, or the Python file of a factory), the checkpoint, plugin files and the pipeline file."""
+    factory_file = config.source.split(":")[0]
+    candidates = [Path(config.source), *([Path(factory_file)] if factory_file.endswith(".py") else []),
+                  *config.plugin_paths]
+    weights = config.options.get("torch", {}).get("weights")
+    candidates += [Path(weights)] if weights else []
+    candidates += [config.pipeline_file] if config.pipeline_file else []
+    found = [path for path in candidates if path.exists()]
+    source = Path(config.source)
+    if source.is_file() and source.suffix == ".onnx":
+        try:
+            model = onnx.load(str(source), load_external_data=False)
+        except Exception:  # the source plugin says what is wrong with it
+            return found
+        found += [source.parent / entry.value for tensor in model.graph.initializer
+                  for entry in tensor.external_data if entry.key == "location"]
+    return found
+
+
 def run(config: RunConfig) -> dict[str, Any]:
     """Run the whole pipeline; return the report (also written to OUT/report.json)."""
     started = time.perf_counter()
@@ -201,7 +223,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         "formats": [writer.name for writer, _ in plan.writers],
         "stack": stack.installed_versions(),  # also in OUT/saved_model/assets.extra/surgeon.json
     }
-    with output.staged(config.output, config.force) as staging:
+    keep = files_read(config) if config.force and config.output.is_dir() else []
+    with output.staged(config.output, config.force, keep) as staging:
         ctx = RunContext(config=config, plan=plan, staging=staging, report=report)
         with stage(report, "load", f"loading {config.source} with {plan.source.name}"):
             ctx.source_model = _load(plan.source, config.source, plan.options[plan.source.name], ctx)

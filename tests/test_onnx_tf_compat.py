@@ -281,3 +281,19 @@ def test_the_recurrent_backend_node_cases_serve_the_expected_outputs(tmp_path):
     results = convert_and_serve({case.name: (case.model, case.inputs) for case in cases}, tmp_path)
     wrong = mismatches(results, {case.name: case.outputs for case in cases}, rtol=1e-3, atol=1e-4)
     assert not wrong, "\n".join(f"{name}: {why}" for name, why in wrong.items())
+
+
+def test_without_onnx_tf_a_run_says_how_to_install_it(tmp_path):
+    """onnx-tf is installed by a second command (with --no-deps): a user who skipped it gets that command."""
+    path = tmp_path / "tiny.onnx"
+    onnx.save(model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }
+    """), str(path))
+    without_onnx_tf = "import sys; sys.modules['onnx_tf'] = None; from surgeon.cli import main; sys.exit(main())"
+    result = subprocess.run([sys.executable, "-c", without_onnx_tf, "run", str(path), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert "onnx-tf is not installed" in result.stderr
+    assert "pip install --no-deps onnx-tf==1.10.0" in result.stderr

@@ -99,12 +99,12 @@ def test_options_for_an_unknown_plugin_are_refused(tiny_path, tmp_path):
 
 def test_non_empty_output_is_refused_and_kept_unless_forced(tiny_path, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
+    run(tiny_path, out, formats=["onnx"])
+    (out / "notes.txt").write_text("a previous output, with a note")
     with pytest.raises(UsageError, match="is not empty"):
         run(tiny_path, out)
-    assert (out / "keep.txt").read_text() == "precious"
-    run(tiny_path, out, force=True)
+    assert (out / "notes.txt").exists()
+    run(tiny_path, out, force=True, formats=["onnx"])
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json"]
 
 

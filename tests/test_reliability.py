@@ -96,12 +96,14 @@ def test_a_run_stopped_during_conversion_leaves_no_output(wide_path, tmp_path, h
 def test_a_killed_run_leaves_the_previous_output_as_it_was_and_its_leftovers_are_swept(wide_path, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("previous run")
+    previous = {"report.json": '{"surgeon": "0.1.0"}', "keep.txt": "previous run"}
+    for name, text in previous.items():
+        (out / name).write_text(text)
     process = start_run(wide_path, "-o", out, "--force")
     wait_for_line(process, "converting to TensorFlow")
     process.kill()
     process.communicate(timeout=120)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {p.name: p.read_text() for p in out.iterdir()} == previous
     (leftover,) = tmp_path.glob(".out.*.partial")
     result = subprocess.run([sys.executable, "-m", "surgeon", "run", str(wide_path), "-o", str(out), "--force",
                              "--format", "onnx"], capture_output=True, text=True)
