@@ -234,13 +234,31 @@ def compare(stage_name: str, size: int, actual: Result, expected: Result, atol: 
             equal = got.shape == want.shape and bool(np.all(got == want))
             rows.append({**row, "max_abs": 0.0 if equal else None, "max_rel": 0.0 if equal else None, "ok": equal})
             continue
-        diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
-        scale = np.abs(want.astype(np.float64))
+        got64, want64 = got.astype(np.float64), want.astype(np.float64)
+        finite = np.isfinite(got64) & np.isfinite(want64)
+        diff = np.abs(np.where(finite, got64, 0.0) - np.where(finite, want64, 0.0))
+        scale = np.abs(np.where(finite, want64, 0.0))
         max_abs = float(diff.max()) if diff.size else 0.0
         max_rel = float((diff / np.maximum(scale, atol)).max()) if diff.size else 0.0
-        ok = bool(np.all(diff <= atol + rtol * scale)) and not np.isnan(diff).any()
+        ok = bool(np.all(diff <= atol + rtol * scale))
+        lone = lone_nonfinite(got64, want64)
+        if lone:
+            rows.append({**row, "max_abs": max_abs, "max_rel": max_rel, "ok": False, "error": lone})
+            continue
         rows.append({**row, "max_abs": max_abs, "max_rel": max_rel, "ok": ok})
     return rows
+
+
+def lone_nonfinite(got: np.ndarray, want: np.ndarray) -> str | None:
+    """Where NaN or Inf stands on one side only, in words; None when both hold NaN at the same places and Inf of
+    the same sign (a model may compute them on purpose)."""
+    matched = (np.isnan(got) & np.isnan(want)) | (np.isinf(want) & (got == want))
+    lone = ~(np.isfinite(got) & np.isfinite(want)) & ~matched
+    if not lone.any():
+        return None
+    first = tuple(int(i) for i in np.argwhere(lone)[0])
+    return (f"{int(lone.sum())} of {lone.size} values are NaN or Inf on one side only "
+            f"(first at {list(first)}: {got[first]} here, {want[first]} expected)")
 
 
 def format_table(table: list[dict[str, Any]]) -> list[str]:
