@@ -65,3 +65,20 @@ def test_a_model_that_computes_nan_and_inf_serves_and_verifies_without_warnings(
     assert "Warning" not in result.stderr
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["parity"]
     assert {row["stage"] for row in rows} == {"onnx", "saved_model"} and all(row["ok"] for row in rows)
+
+
+def row(batch, check, ok):
+    return {"stage": "saved_model", "batch": batch, "check": check, "output": "y", "ok": ok}
+
+
+def test_the_hint_names_dynamic_batch_only_where_it_can_help():
+    from surgeon.verify import failure_hint
+
+    baked = [row(1, "vs reference", True), row(3, "vs reference", False), row(3, "per-sample", False)]
+    assert "--plugins dynamic_batch makes it dynamic" in failure_hint(baked, baked[1], [])
+    assert "dynamic_batch ran" in failure_hint(baked, baked[1], ["dynamic_batch"])
+    numerical = [row(1, "vs reference", True), row(3, "vs reference", False), row(3, "per-sample", True)]
+    hint = failure_hint(numerical, numerical[1], ["dynamic_batch"])
+    assert "no sample is mixed" in hint and "--atol" in hint and "dynamic_batch makes" not in hint
+    at_one = [row(1, "vs reference", False)]
+    assert failure_hint(at_one, at_one[0], []) == "nothing was written; --no-verify skips this check"
