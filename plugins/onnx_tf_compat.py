@@ -64,7 +64,7 @@ def _attribute(owner: Any, name: str, value: Any, only_if_missing: bool = False)
 @contextmanager
 def _module(name: str, module: types.ModuleType) -> Iterator[None]:
     """``import name`` gives ``module`` inside the block; afterwards, what it gave before."""
-    original = sys.modules.get(name, _MISSING)
+    original: Any = sys.modules.get(name, _MISSING)
     sys.modules[name] = module
     try:
         yield
@@ -106,15 +106,17 @@ def data_type_tables() -> types.ModuleType:
              T.COMPLEX64, T.COMPLEX128, T.UINT32, T.UINT64, T.STRING}
 
     tables = types.ModuleType("onnx.mapping", "onnx's data-type tables as of onnx 1.18, supplied by surgeon")
-    tables.TENSOR_TYPE_TO_NP_TYPE = {int(t): np.dtype(dtype) for t, (dtype, _) in types_.items()}
-    tables.TENSOR_TYPE_TO_STORAGE_TENSOR_TYPE = {int(t): int(storage) for t, (_, storage) in types_.items()}
-    tables.NP_TYPE_TO_TENSOR_TYPE = {np.dtype(types_[t][0]): int(t) for t in exact}
-    tables.STORAGE_TENSOR_TYPE_TO_FIELD = {
-        int(T.FLOAT): "float_data", int(T.INT32): "int32_data", int(T.INT64): "int64_data",
-        int(T.UINT8): "int32_data", int(T.UINT16): "int32_data", int(T.DOUBLE): "double_data",
-        int(T.COMPLEX64): "float_data", int(T.COMPLEX128): "double_data", int(T.UINT32): "uint64_data",
-        int(T.UINT64): "uint64_data", int(T.STRING): "string_data", int(T.BOOL): "int32_data",
-    }
+    vars(tables).update(
+        TENSOR_TYPE_TO_NP_TYPE={int(t): np.dtype(dtype) for t, (dtype, _) in types_.items()},
+        TENSOR_TYPE_TO_STORAGE_TENSOR_TYPE={int(t): int(storage) for t, (_, storage) in types_.items()},
+        NP_TYPE_TO_TENSOR_TYPE={np.dtype(types_[t][0]): int(t) for t in exact},
+        STORAGE_TENSOR_TYPE_TO_FIELD={
+            int(T.FLOAT): "float_data", int(T.INT32): "int32_data", int(T.INT64): "int64_data",
+            int(T.UINT8): "int32_data", int(T.UINT16): "int32_data", int(T.DOUBLE): "double_data",
+            int(T.COMPLEX64): "float_data", int(T.COMPLEX128): "double_data", int(T.UINT32): "uint64_data",
+            int(T.UINT64): "uint64_data", int(T.STRING): "string_data", int(T.BOOL): "int32_data",
+        },
+    )
     return tables
 
 

@@ -14,6 +14,7 @@ version number is never overwritten.
 from __future__ import annotations
 
 import logging
+import functools
 import os
 import re
 import shutil
@@ -61,6 +62,12 @@ class Entry:
     staging: Path | None = field(default=None, repr=False)
 
 
+def staging_of(entry: Entry) -> Path:
+    if entry.staging is None:
+        raise SurgeonError(f"{entry.target}: published before it was staged")
+    return entry.staging
+
+
 def publish_versions(entries: Sequence[Entry], label: str, place: Path, noun: str = "the repository") -> list[Path]:
     """Publish every entry, or none; return the new version folders.
 
@@ -78,17 +85,17 @@ def publish_versions(entries: Sequence[Entry], label: str, place: Path, noun: st
         for entry in entries:  # stage everything before anything is visible to the server
             if not entry.target.exists():
                 entry.target.mkdir()
-                undo.append((f"remove {entry.target}", lambda path=entry.target: shutil.rmtree(path)))
-            entry.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=entry.target))
-            shutil.copytree(entry.version_source, entry.staging / "version")
+                undo.append((f"remove {entry.target}", functools.partial(shutil.rmtree, entry.target)))
+            staging = entry.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=entry.target))
+            shutil.copytree(entry.version_source, staging / "version")
             for file in entry.files:
-                shutil.copy2(file, entry.staging / file.name)
+                shutil.copy2(file, staging / file.name)
         for entry in entries:  # then rename each into place
             for file in entry.files:
                 undo.append(_replace_file(entry, file.name))
             published = entry.target / str(entry.version)
-            (entry.staging / "version").rename(published)
-            undo.append((f"remove {published}", lambda path=published: shutil.rmtree(path)))
+            (staging_of(entry) / "version").rename(published)
+            undo.append((f"remove {published}", functools.partial(shutil.rmtree, published)))
     except BaseException as error:
         left = _take_back(undo, label)
         if isinstance(error, OSError):
@@ -116,13 +123,13 @@ def _why(error: OSError) -> str:
 
 def _replace_file(entry: Entry, name: str) -> tuple[str, Callable[[], Any]]:
     """Put the staged file ``name`` in place; return how to put the previous one back."""
-    assert entry.staging is not None
+    staging = staging_of(entry)
     current = entry.target / name
-    previous = entry.staging / f"{name}.previous"
+    previous = staging / f"{name}.previous"
     had_one = current.is_file()
     if had_one:
         shutil.copy2(current, previous)
-    os.replace(entry.staging / name, current)
+    os.replace(staging / name, current)
     if had_one:
         return f"restore {current}", lambda: os.replace(previous, current)
     return f"remove {current}", lambda: current.unlink(missing_ok=True)

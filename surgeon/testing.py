@@ -154,7 +154,7 @@ def _cases_from_code() -> Iterable[BackendCase]:
         warnings.simplefilter("ignore")
         generated = node.collect_testcases(None)
     for case in sorted(generated, key=lambda case: case.name):
-        if not case.data_sets:
+        if not case.data_sets or case.model is None:
             continue
         inputs, outputs = case.data_sets[0]
         arrays = [numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else value
