@@ -183,12 +183,12 @@ def _hard_sigmoid_common(cls, node, **kwargs):
 
 @classmethod  # type: ignore[misc]
 def _gemm_common(cls, node, **kwargs):
-    """onnx-tf's Gemm with Keras' Flatten layer replaced by ``flatten``, and an omitted C (empty name) allowed."""
+    """onnx-tf's Gemm with Keras' Flatten layer replaced by ``flatten``."""
     import tensorflow as tf
 
     tensors = kwargs["tensor_dict"]
     x, y = flatten(tensors[node.inputs[0]]), tensors[node.inputs[1]]
-    z = tensors[node.inputs[2]] if len(node.inputs) > 2 and node.inputs[2] else 0
+    z = tensors[node.inputs[2]] if len(node.inputs) > 2 else 0
     dtype = x.dtype
     if node.attrs.get("transA", 0):
         x = tf.transpose(x)

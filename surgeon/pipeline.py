@@ -156,7 +156,7 @@ class RunContext:
                 except SurgeonError as error:
                     raise with_fixes_named(error, self.model, self.plan.idle_passes) from error.__cause__
             # every SavedModel of the run (saved_model, triton, ...) is linked from this one: it carries the record
-            stack.write_record(target, self.report.setdefault("stack", stack.installed_versions()))
+            stack.write_record(target, self.report["stack"])
             self._saved_model = target
         return self._saved_model
 

@@ -26,6 +26,34 @@ tiny (float[N, 4] x) => (float[N, 3] add_17)
 """
 
 
+# two inputs of two dtypes, two outputs, a dynamic batch: what the serving writers' configs and requests describe
+TWO_TEXT = """
+<ir_version: 8, opset_import: ["" : 13]>
+two (float[N, 3, 4] pixels, int64[N, 2] ids) => (float[N, 3] features, float[N] score)
+<int64[1] axes = {1}>
+{
+    features = ReduceMean <axes = [2], keepdims = 0> (pixels)
+    total = ReduceSum <keepdims = 0> (features, axes)
+    ids_float = Cast <to = 1> (ids)
+    id_total = ReduceSum <keepdims = 0> (ids_float, axes)
+    score = Sub(id_total, total)
+}
+"""
+
+
+@pytest.fixture
+def two_model() -> onnx.ModelProto:
+    return model_from_text(TWO_TEXT)
+
+
+@pytest.fixture(scope="module")
+def two_path(tmp_path_factory) -> Path:
+    """The two-input model as a file, for module-wide runs."""
+    path = tmp_path_factory.mktemp("models") / "two.onnx"
+    onnx.save(model_from_text(TWO_TEXT), str(path))
+    return path
+
+
 @pytest.fixture
 def tiny_model() -> onnx.ModelProto:
     return model_from_text(TINY_TEXT)

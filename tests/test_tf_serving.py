@@ -28,22 +28,9 @@ from surgeon.options import build
 from surgeon.saved_model_info import describe, format_description, read_meta_graph, signatures
 from surgeon.serving import run_in_fresh_process
 from surgeon.stack import minor_version
-from surgeon.testing import model_from_text
 from surgeon.verify import random_feed
 from surgeon_plugins.tf_serving import TfServingOptions, prediction_log
 
-TWO_INPUTS = """
-<ir_version: 8, opset_import: ["" : 13]>
-two (float[N, 3, 4] pixels, int64[N, 2] ids) => (float[N, 3] features, float[N] score)
-<int64[1] axes = {1}>
-{
-    features = ReduceMean <axes = [2], keepdims = 0> (pixels)
-    total = ReduceSum <keepdims = 0> (features, axes)
-    ids_float = Cast <to = 1> (ids)
-    id_total = ReduceSum <keepdims = 0> (ids_float, axes)
-    score = Sub(id_total, total)
-}
-"""
 TENSORFLOW = metadata.version("tensorflow")
 WARMUP = ("assets.extra", "tf_serving_warmup_requests")
 NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -88,23 +75,16 @@ def body_of(commands, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "two.onnx"
-    onnx.save(model_from_text(TWO_INPUTS), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A model base path that does not exist yet (its parent does): the first run creates it."""
     return tmp_path_factory.mktemp("served") / "two"
 
 
 @pytest.fixture(scope="module")
-def first_run(model_path, base, tmp_path_factory):
+def first_run(two_path, base, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "out"
     # tf_serving alone: verification runs its version folder in a fresh process
-    report = surgeon.run(model_path, out, formats=["tf_serving"], batch_sizes=[1, 2],
+    report = surgeon.run(two_path, out, formats=["tf_serving"], batch_sizes=[1, 2],
                          options={"tf_serving": {"base": str(base)}})
     return out, report
 
@@ -201,12 +181,12 @@ def test_records_are_the_bytes_tensorflow_serving_api_writes(inputs):
     assert prediction_log_pb2.PredictionLog.FromString(written) == expected
 
 
-def test_the_run_ends_with_where_the_servable_is_and_how_to_serve_it(first_run, model_path, base, tmp_path, caplog):
+def test_the_run_ends_with_where_the_servable_is_and_how_to_serve_it(first_run, two_path, base, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="surgeon")
     out = tmp_path / "out"
     # base now holds version 1: the next free one is 2, and version 1 stays as it was
     before = snapshot(base / "1")
-    report = surgeon.run(model_path, out, formats=["saved_model", "tf_serving"], verify=False,
+    report = surgeon.run(two_path, out, formats=["saved_model", "tf_serving"], verify=False,
                          options={"tf_serving": {"base": str(base)}})
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"] and snapshot(base / "1") == before
     assert not list(base.glob(".surgeon-*"))
@@ -237,9 +217,9 @@ def test_the_run_ends_with_where_the_servable_is_and_how_to_serve_it(first_run, 
     assert printed[-2].startswith('example request to TF Serving\'s REST API (model two, "instances" form, batch 1')
 
 
-def test_warmup_false_writes_none_and_an_explicit_version_is_used(model_path, tmp_path):
+def test_warmup_false_writes_none_and_an_explicit_version_is_used(two_path, tmp_path):
     out = tmp_path / "out"
-    report = surgeon.run(model_path, out, formats=["tf_serving"], verify=False,
+    report = surgeon.run(two_path, out, formats=["tf_serving"], verify=False,
                          options={"tf_serving": {"warmup": "false", "version": "5", "name": "scorer"}})
     version = out / "tf_serving" / "scorer" / "5"
     assert (version / "saved_model.pb").is_file()
@@ -280,11 +260,11 @@ def test_existing_versions_are_kept_and_the_next_free_one_is_chosen(first_run, t
     assert snapshot(base) == after
 
 
-def test_a_failed_run_publishes_nothing(model_path, base, tmp_path):
+def test_a_failed_run_publishes_nothing(two_path, base, tmp_path):
     before = snapshot(base)
     # every output is out of a negative tolerance: verification fails after tf_serving was written
     with pytest.raises(surgeon.SurgeonError, match="verification failed"):
-        surgeon.run(model_path, tmp_path / "out", formats=["tf_serving"], atol=-1.0,
+        surgeon.run(two_path, tmp_path / "out", formats=["tf_serving"], atol=-1.0,
                     options={"tf_serving": {"base": str(base)}})
     assert snapshot(base) == before
     assert not (tmp_path / "out").exists()

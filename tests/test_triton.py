@@ -16,18 +16,6 @@ from surgeon.saved_model_info import read_meta_graph, signatures
 from surgeon.testing import model_from_text
 from surgeon_plugins.triton import TritonOptions, config_text, perf_analyzer_command, serving_commands
 
-TWO_OUTPUTS = """
-<ir_version: 8, opset_import: ["" : 13]>
-two (float[N, 3, 4] pixels, int64[N, 2] ids) => (float[N, 3] features, float[N] score)
-<int64[1] axes = {1}>
-{
-    features = ReduceMean <axes = [2], keepdims = 0> (pixels)
-    total = ReduceSum <keepdims = 0> (features, axes)
-    ids_float = Cast <to = 1> (ids)
-    id_total = ReduceSum <keepdims = 0> (ids_float, axes)
-    score = Sub(id_total, total)
-}
-"""
 FIXED = """
 <ir_version: 8, opset_import: ["" : 13]>
 fixed (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }
@@ -60,25 +48,18 @@ def snapshot(folder):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "two.onnx"
-    onnx.save(model_from_text(TWO_OUTPUTS), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     path = tmp_path_factory.mktemp("repository")
     return path
 
 
 @pytest.fixture(scope="module")
-def first_run(model_path, repository, tmp_path_factory):
+def first_run(two_path, repository, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "out"
     options = {"triton": {"max_batch_size": 16, "preferred_batch_sizes": [4, 8], "max_queue_delay_us": 100,
                           "instance_kind": "cpu", "instance_count": 2, "repository": str(repository)}}
     # triton before saved_model: the SavedModel both hold is still verified once, as saved_model
-    report = surgeon.run(model_path, out, formats=["triton", "saved_model"], options=options, batch_sizes=[1, 2])
+    report = surgeon.run(two_path, out, formats=["triton", "saved_model"], options=options, batch_sizes=[1, 2])
     return out, report
 
 
@@ -146,9 +127,9 @@ def test_the_run_reports_how_to_serve_and_measure_the_onnx_entry(first_run, repo
     assert shapes == {"pixels": "3,4", "ids": "2"}
 
 
-def test_the_commands_are_the_last_lines_the_run_logs(model_path, tmp_path, caplog):
+def test_the_commands_are_the_last_lines_the_run_logs(two_path, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="surgeon")
-    report = surgeon.run(model_path, tmp_path / "out", formats=["triton"], verify=False)
+    report = surgeon.run(two_path, tmp_path / "out", formats=["triton"], verify=False)
     lines = [record.getMessage() for record in caplog.records if record.name == "surgeon"]
     commands = report["triton_commands"]
     assert lines[-4].startswith("triton: serve and measure two_onnx with Triton 26.07 (")
@@ -159,16 +140,15 @@ def test_the_commands_are_the_last_lines_the_run_logs(model_path, tmp_path, capl
     assert perf_arguments(commands["perf_analyzer"])["-b"] == ["1"]  # nothing verified
 
 
-def test_default_configs_batch_dynamically_on_an_automatic_instance_group():
-    model = model_from_text(TWO_OUTPUTS)
+def test_default_configs_batch_dynamically_on_an_automatic_instance_group(two_model):
     for kind in ("savedmodel", "onnx"):
-        config = parse_text(config_text(model, "two", kind, TritonOptions()))
+        config = parse_text(config_text(two_model, "two", kind, TritonOptions()))
         assert config.max_batch_size == 8
         assert config.HasField("dynamic_batching") and not config.dynamic_batching.preferred_batch_size
         assert [(group.count, group.kind) for group in config.instance_group] == [(0, KIND.KIND_AUTO)]
 
     off = build("triton", TritonOptions, {"dynamic_batching": "false", "instance_kind": "gpu", "instance_count": "3"})
-    config = parse_text(config_text(model, "two_onnx", "onnx", off))
+    config = parse_text(config_text(two_model, "two_onnx", "onnx", off))
     assert not config.HasField("dynamic_batching")
     assert [(group.count, group.kind) for group in config.instance_group] == [(3, KIND.KIND_GPU)]
 
@@ -202,20 +182,19 @@ def test_perf_analyzer_shapes_follow_the_config():
     assert arguments["--shape"] == ["tokens:4", "scale:1"] and arguments["-b"] == ["3"]
 
 
-def test_the_release_decides_which_entries_the_docker_command_loads(tmp_path):
-    model = model_from_text(TWO_OUTPUTS)
-    old = serving_commands(model, "two", TritonOptions(release="25.02"), tmp_path, 1)
+def test_the_release_decides_which_entries_the_docker_command_loads(two_model, tmp_path):
+    old = serving_commands(two_model, "two", TritonOptions(release="25.02"), tmp_path, 1)
     assert "nvcr.io/nvidia/tritonserver:25.02-py3" in old["docker"] and "--load-model" not in old["docker"]
     assert old["model"] == "two_onnx"
-    savedmodel_only = serving_commands(model, "two", TritonOptions(onnx=False), tmp_path, 1)
+    savedmodel_only = serving_commands(two_model, "two", TritonOptions(onnx=False), tmp_path, 1)
     assert savedmodel_only["release"] == "25.02" and savedmodel_only["model"] == "two"
     assert "--load-model" not in savedmodel_only["docker"]
     assert perf_arguments(savedmodel_only["perf_analyzer"])["-m"] == ["two"]
 
 
-def test_a_triton_only_run_verifies_the_saved_model_of_its_entry_in_a_fresh_process(model_path, tmp_path, cli):
+def test_a_triton_only_run_verifies_the_saved_model_of_its_entry_in_a_fresh_process(two_path, tmp_path, cli):
     out = tmp_path / "out"
-    result = cli("run", model_path, "-o", out, "--format", "triton", "--batch-sizes", "1,2",
+    result = cli("run", two_path, "-o", out, "--format", "triton", "--batch-sizes", "1,2",
                  "--set", "triton.max_batch_size=4")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "report.json").read_text())
@@ -233,10 +212,10 @@ def test_a_triton_only_run_verifies_the_saved_model_of_its_entry_in_a_fresh_proc
     assert result.stdout.startswith(f"surgeon: wrote {out}")
 
 
-def test_publishing_twice_adds_version_2_and_leaves_version_1_untouched(first_run, model_path, repository, tmp_path):
+def test_publishing_twice_adds_version_2_and_leaves_version_1_untouched(first_run, two_path, repository, tmp_path):
     assert sorted(p.name for p in (repository / "two").iterdir()) == ["1", "config.pbtxt"]
     before = {p.relative_to(repository): p.read_bytes() for p in (repository / "two" / "1").rglob("*") if p.is_file()}
-    surgeon.run(model_path, tmp_path / "again", formats=["triton"], options={"triton": {"repository": str(repository)}},
+    surgeon.run(two_path, tmp_path / "again", formats=["triton"], options={"triton": {"repository": str(repository)}},
                 verify=False)
     assert sorted(p.name for p in (repository / "two").iterdir()) == ["1", "2", "config.pbtxt"]
     assert sorted(p.name for p in (repository / "two_onnx").iterdir()) == ["1", "2", "config.pbtxt"]
@@ -246,9 +225,9 @@ def test_publishing_twice_adds_version_2_and_leaves_version_1_untouched(first_ru
     assert not [p for p in repository.rglob(".surgeon-*")]
 
 
-def test_an_existing_version_is_never_overwritten(first_run, model_path, repository, tmp_path):
+def test_an_existing_version_is_never_overwritten(first_run, two_path, repository, tmp_path):
     with pytest.raises(surgeon.SurgeonError, match="exists; versions are never overwritten"):
-        surgeon.run(model_path, tmp_path / "out", formats=["triton"], verify=False,
+        surgeon.run(two_path, tmp_path / "out", formats=["triton"], verify=False,
                     options={"triton": {"repository": str(repository), "version": 1, "onnx": False}})
     assert (tmp_path / "out" / "triton" / "two" / "1").is_dir()
 
@@ -267,7 +246,7 @@ def _onnx_config_is_a_folder(repository):
     (_onnx_entry_is_a_file, "two_onnx is not a folder"),  # refused before anything is staged
     (_onnx_config_is_a_folder, "publishing failed: Is a directory"),  # fails after two/ was renamed into place
 ], ids=["file-for-folder", "folder-for-file"])
-def test_publishing_is_all_or_nothing_across_both_entries(model_path, tmp_path, break_onnx_entry, message,
+def test_publishing_is_all_or_nothing_across_both_entries(two_path, tmp_path, break_onnx_entry, message,
                                                           existing_model):
     repository = tmp_path / "repository"
     repository.mkdir()
@@ -278,7 +257,7 @@ def test_publishing_is_all_or_nothing_across_both_entries(model_path, tmp_path, 
     break_onnx_entry(repository)
     before = snapshot(repository)
     with pytest.raises(surgeon.SurgeonError, match=message) as raised:
-        surgeon.run(model_path, tmp_path / "out", formats=["triton"], verify=False,
+        surgeon.run(two_path, tmp_path / "out", formats=["triton"], verify=False,
                     options={"triton": {"repository": str(repository)}})
     assert snapshot(repository) == before
     assert "could not take back" not in str(raised.value)
