@@ -1,7 +1,7 @@
 """saved_model: OUT/saved_model, the SavedModel that TF Serving and Triton mount.
 
 The converter has already checked it against the serving contract and for
-Python callbacks (see ``surgeon_plugins.onnx_tf_converter.check_servable``);
+Python callbacks (see ``surgeon_plugins.converters.onnx_tf.check_servable``);
 verification runs it in a fresh process, as a server would.
 
 The folder carries what made it: TensorFlow's version in ``saved_model.pb``,

@@ -48,7 +48,7 @@ import onnx_graphsurgeon as gs
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
 from surgeon.naming import fresh_name
 from surgeon.shapes import inferred_types
-from surgeon_plugins.onnx_tf_support import ONNX_DOMAINS, Handlers, handlers, since_version
+from surgeon_plugins.converters.onnx_tf.support import ONNX_DOMAINS, Handlers, handlers, since_version
 
 log = logging.getLogger("surgeon")
 

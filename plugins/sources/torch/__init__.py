@@ -129,7 +129,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     import torch
 
     from surgeon.onnx_io import load_model, opset_of
-    from surgeon_plugins.checkpoints import load_weights
+    from surgeon_plugins.sources.torch.checkpoints import load_weights
 
     if options.dynamo:
         require_dynamo_packages()

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from surgeon import SurgeonError
-from surgeon_plugins.onnx_tf_support import INSTALL_ONNX_TF
+from surgeon_plugins.converters.onnx_tf.support import INSTALL_ONNX_TF
 
 _MISSING = object()
 

@@ -84,7 +84,7 @@ def _literal_dicts(path: Path) -> dict[str, dict]:
 
 def _handlers_from_import(version: str) -> Handlers:
     """Ask the handlers themselves (imports TensorFlow): for an onnx-tf without a readable opset_version.py."""
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
     imported_onnx_tf()
     from onnx_tf.common.handler_helper import get_backend_coverage, get_backend_partial_support_detail

@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
 from surgeon.naming import FreshNames
-from surgeon_plugins.batch_flow import Batch, Entry, Flow, Term, follow
+from surgeon_plugins.passes.dynamic_batch.flow import Batch, Entry, Flow, Term, follow
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from surgeon import Converter, PluginError, SurgeonError, hookimpl
 from surgeon.errors import describe
 from surgeon.naming import fresh_name
 from surgeon.onnx_io import real_inputs
-from surgeon_plugins.onnx_tf_compat import mended_handlers
+from surgeon_plugins.converters.onnx_tf.compat import mended_handlers
 
 log = logging.getLogger("surgeon")
 # onnx-tf's pooling types (the pooling_type argument of its py_pool) -> ONNX op
@@ -66,7 +66,7 @@ def check_input_names(model) -> None:
 
 
 def convert(model, options: OnnxTfOptions, target: Path, ctx) -> None:
-    from surgeon_plugins.opset_compat import explain_unsupported
+    from surgeon_plugins.passes.opset_compat import explain_unsupported
 
     unsupported = explain_unsupported(model)  # before TensorFlow is imported: onnx-tf would fail on these
     if unsupported:

@@ -1,10 +1,10 @@
-"""ONNX files in and out: the ``onnx_file`` source and the ``onnx`` writer."""
+"""The ``onnx_file`` source: an .onnx file, with external data only from its own folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from surgeon import Source, Writer, hookimpl
+from surgeon import Source, hookimpl
 
 
 def accepts(spec: str) -> bool:
@@ -17,19 +17,7 @@ def load(spec, options, ctx):
     return load_model(Path(spec))
 
 
-def write(ctx, options, out_dir: Path) -> None:
-    from surgeon.onnx_io import save_model
-
-    save_model(ctx.model, ctx.onnx_path)
-
-
 @hookimpl
 def surgeon_sources():
     return [Source(name="onnx_file", doc="Load an .onnx file (external data only from its own folder).",
                    accepts=accepts, load=load)]
-
-
-@hookimpl
-def surgeon_writers():
-    return [Writer(name="onnx", doc="OUT/model.onnx: the model after all rewrite plugins (always written).",
-                   write=write)]

@@ -44,7 +44,7 @@ from surgeon import SurgeonError
 from surgeon.shapes import captured, inferred_types, opset_imports, topological
 
 if TYPE_CHECKING:
-    from surgeon_plugins.dynamic_batch import Builder
+    from surgeon_plugins.passes.dynamic_batch import Builder
 
 PROBE = 4099  # stands in for a symbolic batch when inferring static dims
 EVALUATION_LIMIT = 1 << 20  # elements: larger constant subgraphs are not evaluated at rewrite time

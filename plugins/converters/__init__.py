@@ -1,0 +1,1 @@
+"""Converters: the rewritten ONNX model to a TensorFlow SavedModel."""

@@ -1,0 +1,1 @@
+"""Sources: what turns the SOURCE of `surgeon run` into an ONNX model."""

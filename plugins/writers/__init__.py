@@ -1,0 +1,1 @@
+"""Writers: the output formats of `surgeon run --format`."""
