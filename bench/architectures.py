@@ -58,7 +58,7 @@ RECIPE_OPSET = {"vit": 14}  # scaled_dot_product_attention needs 14
 
 def dynamo_missing() -> str | None:
     """Why this stack cannot run the dynamo exporter (its packages are not installed), or None when it can."""
-    from surgeon_plugins.torch_exporter import DYNAMO_PACKAGES
+    from surgeon_plugins.sources.torch import DYNAMO_PACKAGES
 
     missing = [package for module, package in DYNAMO_PACKAGES.items() if importlib.util.find_spec(module) is None]
     if not missing:
@@ -85,7 +85,7 @@ def recipe(name: str, folder: Path) -> str:
 
     from surgeon.device import quiet_tensorflow
     from surgeon.serving import run_in_fresh_process
-    from surgeon_plugins.torch_exporter import dummy_inputs, parse_input_shape
+    from surgeon_plugins.sources.torch import dummy_inputs, parse_input_shape
 
     model = zoo.build(name)
     specs = [parse_input_shape(text) for text in zoo.SHAPES[name]]
@@ -98,7 +98,7 @@ def recipe(name: str, folder: Path) -> str:
         value.type.tensor_type.shape.dim[0].dim_param = "?"
     try:
         with quiet_tensorflow():
-            from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+            from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
             imported_onnx_tf().prepare(exported).export_graph(str(folder / "saved_model"))
     except Exception as error:

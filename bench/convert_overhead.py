@@ -45,7 +45,7 @@ import sys
 import onnx
 # onnx-tf 1.10 as surgeon imports it: plain `import onnx_tf` fails on the default stack (onnx >= 1.19 has no
 # onnx.mapping); the conversion itself is onnx-tf's own
-from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
 imported_onnx_tf().prepare(onnx.load(sys.argv[1])).export_graph(sys.argv[2])
 """
@@ -146,7 +146,7 @@ def main() -> None:
         "SavedModel for Python callbacks, writes report.json) and still takes less time: its converter traces "
         "onnx-tf's model once, without AutoGraph where it can, and saves only the serving signature, where "
         "`export_graph` traces it with AutoGraph and TensorFlow traces it again while saving the module "
-        "(plugins/onnx_tf_converter.py).",
+        "(plugins/converters/onnx_tf/__init__.py).",
         "",
         "All runs (wall s / CPU s / GB): " + "; ".join(
             f"{name} " + ", ".join(f"{w:.1f}/{c:.1f}/{m:.2f}" for w, c, m in values) for name, values in runs.items())

@@ -1,7 +1,7 @@
 """Tally what surgeon answers to mutated models: the counts behind RELIABILITY.md.
 
-Seeded mutations of a small CNN, half byte edits (surgeon.testing.mutate), half
-structural changes (surgeon.testing.mutate_model), go through
+Seeded mutations of a small CNN, half byte edits (surgeon.fuzzing.mutate), half
+structural changes (surgeon.fuzzing.mutate_model), go through
 `surgeon inspect` and `surgeon run --no-verify` in this process, with a time
 bound per case; a sample of them also through the default SavedModel format.
 
@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from surgeon.testing import Hang, cli_in_process, mutate, mutate_model, small_cnn
+from surgeon.fuzzing import Hang, cli_in_process, mutate, mutate_model, small_cnn
 
 RESULTS = Path(__file__).parent / "results" / "fuzz_outcomes.md"
 SEED = small_cnn()

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from surgeon.errors import PluginError, SurgeonError, UsageError
 from surgeon.hookspecs import hookimpl
-from surgeon.plugin import Converter, Finding, NoOptions, RewritePass, Source, Writer
+from surgeon.plugin import Converter, Finding, Hazard, NoOptions, RewritePass, Source, Writer
+from surgeon.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-__version__ = "0.1.0"
 
 
 def run(
@@ -77,6 +77,7 @@ def plugins(plugin_paths: Iterable[str | Path] = ()) -> list[dict[str, Any]]:
 __all__ = [
     "Converter",
     "Finding",
+    "Hazard",
     "NoOptions",
     "PluginError",
     "RewritePass",

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from surgeon import __version__
+from surgeon.version import __version__
 from surgeon.errors import SurgeonError, describe
 
 log = logging.getLogger("surgeon")
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="batch sizes to verify at (default: 1 and 3 when the batch is dynamic)")
     run.add_argument("--no-verify", action="store_true", help="skip the parity check")
     run.add_argument("--atol", type=float, help="absolute tolerance of the parity check (default 1e-4)")
-    run.add_argument("--rtol", type=float, help="relative tolerance of the parity check (default 1e-3)")
+    run.add_argument("--rtol", type=float, help="relative tolerance of the parity check, as a fraction of the "
+                     "largest value of each sample of each output (default 1e-3): a value passes when it is within "
+                     "atol + rtol * that largest value")
     run.add_argument("--device", metavar="cpu|N", help="the one device TensorFlow may use")
     run.add_argument("--max-tensor-gib", type=float, metavar="GIB",
                      help="refuse models with a tensor larger than this (default 8)")

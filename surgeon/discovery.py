@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar, cast
 
 import pluggy
 
@@ -24,6 +25,7 @@ from surgeon.errors import UsageError, describe
 from surgeon.plugin import KINDS, Converter, Plugin, RewritePass, Source, Writer
 
 ENTRY_POINT_GROUP = "surgeon"
+P = TypeVar("P", bound=Plugin)
 HOOK_FOR_KIND = {
     Source: "surgeon_sources",
     RewritePass: "surgeon_passes",
@@ -73,11 +75,11 @@ class Registry:
     def find(self, name: str) -> Plugin | None:
         return next((p for p in self.all() if p.name == name), None)
 
-    def get(self, kind: type[Plugin], name: str) -> Plugin:
+    def get(self, kind: type[P], name: str) -> P:
         """The plugin of ``kind`` called ``name``, or an error listing the choices."""
         by_name = self.plugins[kind]
         if name in by_name:
-            return by_name[name]
+            return cast(P, by_name[name])
         label = {Source: "source", RewritePass: "rewrite plugin", Converter: "converter", Writer: "format"}[kind]
         message = f"unknown {label} {name!r}; installed: {', '.join(sorted(by_name)) or 'none'}"
         broken = "; ".join(f"{b.origin} ({b.reason})" for b in self.broken)

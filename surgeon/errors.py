@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -11,13 +11,19 @@ class SurgeonError(Exception):
 
     The command line prints the message alone (no traceback) and exits with
     ``exit_code``. The message names the file, plugin or option at fault.
+    ``hazard`` (a ``surgeon.plugin.Hazard``), when the failure is one a rewrite
+    pass may fix, and ``nodes``, the names of the ONNX nodes at fault: the host
+    then names the passes that fix it there.
     """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, hazard: str | None = None,
+                 nodes: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.hint = hint
+        self.hazard = hazard
+        self.nodes = tuple(nodes)
 
     def __str__(self) -> str:
         message = super().__str__()
@@ -33,8 +39,9 @@ class UsageError(SurgeonError):
 class PluginError(SurgeonError):
     """A plugin failed: it raised, or it broke the graph."""
 
-    def __init__(self, plugin: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(f"plugin {plugin!r}: {message}", hint=hint)
+    def __init__(self, plugin: str, message: str, *, hint: str | None = None, hazard: str | None = None,
+                 nodes: Sequence[str] = ()) -> None:
+        super().__init__(f"plugin {plugin!r}: {message}", hint=hint, hazard=hazard, nodes=nodes)
         self.plugin = plugin
 
 

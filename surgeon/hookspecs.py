@@ -40,7 +40,9 @@ def surgeon_sources() -> Sequence[Source]:
     ``accepts(spec)`` on every installed source; exactly one must accept the
     spec, so ``accepts`` must be cheap and must not import heavy packages
     (it runs for every ``surgeon run``). ``load(spec, options, ctx)`` is then
-    called once.
+    called once; ``ctx`` is the run as a :class:`surgeon.context.Context` (a
+    source that can run the original model gives it as the parity reference
+    with ``ctx.set_reference``).
 
     ``load`` raises :class:`surgeon.SurgeonError` for input it cannot use,
     with a message naming the file or option at fault; any other exception
@@ -65,9 +67,14 @@ def surgeon_passes() -> Sequence[RewritePass]:
       ``report.json``. Nodes added, removed and rewritten, and renamed graph
       inputs and outputs, are counted by the host.
 
-    After each pass the host checks that the graph is well formed; at the end
-    it runs the ONNX checker and shape inference. A pass that raises, or that
-    leaves a graph failing either check, is named in the error.
+    After the last pass the host exports the graph once and runs the ONNX
+    checker and strict shape inference on it. When that fails, it replays the
+    passes one at a time, checking after each, to name the pass that broke the
+    graph. A pass that raises is named in the error too.
+
+    ``fixes`` declares the hazards (``surgeon.Hazard``) the pass removes, so a
+    failed run names it; ``newest_opset``, for a pass that lowers opsets, the
+    newest one it takes in.
 
     ``detect(graph, options)`` must not change the graph. It returns one
     :class:`~surgeon.plugin.Finding` per hazard the pass would fix, and is
@@ -81,10 +88,16 @@ def surgeon_converters() -> Sequence[Converter]:
     """Return the ONNX -> TensorFlow converters this module provides.
 
     A :class:`~surgeon.plugin.Converter` writes a SavedModel (tag ``serve``,
-    signature ``serving_default`` keyed by the ONNX input and output names)
+    signature ``serving_default`` keyed by the ONNX input and output names,
+    inputs TensorFlow cannot take by the keys of
+    ``surgeon.naming.signature_input_keys``)
     into an empty directory. It is called at most once per run, and only
     when a requested writer needs a SavedModel, so TensorFlow is never
     imported for ONNX-only runs. Import heavy packages inside ``convert``.
+
+    ``convert`` raises :class:`surgeon.SurgeonError` with a ``hazard`` when
+    the failure is one a rewrite pass may fix: the host then names the
+    passes that fix it.
     """
 
 
@@ -96,5 +109,8 @@ def surgeon_writers() -> Sequence[Writer]:
     ``--format NAME`` and writes below the run's output directory. It writes
     into a staging directory that the host renames into place when every
     writer and the verification succeeded, so a writer never needs to clean
-    up after a failure.
+    up after a failure. ``write(ctx, options, out_dir)`` reads the run from
+    ``ctx`` (a :class:`surgeon.context.Context`), records its details with
+    ``ctx.record`` and names what a server would load in
+    ``ctx.served_models`` so that verification runs it.
     """

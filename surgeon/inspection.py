@@ -18,7 +18,7 @@ from surgeon.plugin import RewritePass, option_defaults
 def list_plugins(plugin_paths: list[Path]) -> list[dict[str, Any]]:
     """Every installed plugin with its kind, origin, doc and options; broken modules last."""
     registry = discover(plugin_paths)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for plugin in registry.all():
         hints = typing.get_type_hints(plugin.options)
         defaults = option_defaults(plugin.options)
@@ -66,16 +66,17 @@ def inspect(path: Path, plugin_paths: list[Path]) -> dict[str, Any]:
     }
 
 
-def findings(model: Any, passes: Iterable[RewritePass]) -> list[dict[str, str]]:
+def findings(model: Any, passes: Iterable[RewritePass]) -> list[dict[str, Any]]:
     """Run the detector of each of ``passes`` with default options."""
     from surgeon.rewrite import import_graph
 
     graph = import_graph(model)
-    found = []
+    found: list[dict[str, Any]] = []
     for rewrite in passes:
         with blamed_on(rewrite.name, "detect()"):
             hazards = rewrite.detect(graph, rewrite.options())
-        found.extend({"plugin": rewrite.name, "where": h.where, "message": h.message} for h in hazards)
+        found.extend({"plugin": rewrite.name, "where": h.where, "message": h.message, "nodes": list(h.nodes),
+                      "fixable": h.fixable} for h in hazards)
     return found
 
 

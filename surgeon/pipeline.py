@@ -19,13 +19,16 @@ from typing import Any
 
 import onnx
 
-from surgeon import __version__, device, options, output, stack
+from surgeon import device, options, output, stack
+from surgeon.context import Reference
 from surgeon.discovery import Registry, discover
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
-from surgeon.plugin import Converter, RewritePass, Source, Writer
+from surgeon.plugin import Converter, Hazard, RewritePass, Source, Writer
 from surgeon.onnx_io import oversized_tensor
 from surgeon.rewrite import run_passes
-from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, check_parity
+from surgeon import verify
+from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from surgeon.version import __version__
 
 log = logging.getLogger("surgeon")
 
@@ -64,7 +67,7 @@ class Plan:
     writers: list[tuple[Writer, Any]]
     converter: tuple[Converter, Any] | None
     options: dict[str, Any]
-    idle_passes: list[RewritePass]  # installed, not in this run: their detectors explain a failed conversion
+    idle_passes: list[RewritePass]  # installed, not in this run: named when a failure is a hazard they fix
 
     @classmethod
     def resolve(cls, registry: Registry, config: RunConfig) -> Plan:
@@ -114,36 +117,57 @@ def _accepts(source: Source, spec: str) -> bool:
 
 @dataclass
 class RunContext:
-    """What plugins see of a run in progress."""
+    """The host's state of one run. Plugins see it as a :class:`surgeon.context.Context`, which it implements."""
 
     config: RunConfig
     plan: Plan
     staging: Path
     report: dict[str, Any]
     source_model: onnx.ModelProto | None = None
-    model: onnx.ModelProto | None = None
-    # set by a source that can compute the original outputs (e.g. PyTorch):
-    # input arrays in the source's input order -> output arrays
-    reference: Callable[[list[Any]], list[Any]] | None = None
-    # what a server would load, by stage name (e.g. "saved_model" -> its folder in staging); writers add
-    # to it, and verification runs each in a fresh process
+    rewritten: onnx.ModelProto | None = None
+    reference: tuple[Reference, str] | None = None  # the original model as a function, and what it is in words
     served_models: dict[str, Path] = field(default_factory=dict)
     _saved_model: Path | None = None
 
     @property
+    def source(self) -> str:
+        return self.config.source
+
+    @property
+    def batch_sizes(self) -> list[int] | None:
+        return self.config.batch_sizes
+
+    @property
+    def writers(self) -> list[str]:
+        return [writer.name for writer, _ in self.plan.writers]
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        if self.rewritten is None:
+            raise SurgeonError("the model is not rewritten yet: only converters and writers may read it")
+        return self.rewritten
+
+    @property
     def onnx_path(self) -> Path:
-        """The rewritten model, ``OUT/model.onnx`` once the run succeeds."""
         return self.staging / "model.onnx"
 
     @property
     def scratch(self) -> Path:
-        """A private folder for intermediate files, removed before the output is committed."""
         path = self.staging / ".scratch"
         path.mkdir(exist_ok=True)
         return path
 
+    def record(self, key: str, value: Any) -> None:
+        self.report[key] = value
+
+    def set_reference(self, reference: Reference, what: str) -> None:
+        self.reference = (reference, what)
+
+    def newest_opset_in_reach(self) -> int | None:
+        reaches = [rewrite.newest_opset for rewrite, _ in self.plan.passes if rewrite.newest_opset is not None]
+        return max(reaches, default=None)
+
     def saved_model(self) -> Path:
-        """The SavedModel converted from ``self.model``: converted on first use, then shared."""
         if self._saved_model is None:
             if self.plan.converter is None:
                 raise SurgeonError("no converter was planned for this run")
@@ -154,28 +178,45 @@ class RunContext:
                     with blamed_on(converter.name, "conversion"):
                         converter.convert(self.model, converter_options, target, self)
                 except SurgeonError as error:
-                    raise with_fixes_named(error, self.model, self.plan.idle_passes) from error.__cause__
+                    raise with_fixes_named(error, self.model, self.plan) from error.__cause__
             # every SavedModel of the run (saved_model, triton, ...) is linked from this one: it carries the record
             stack.write_record(target, self.report["stack"])
             self._saved_model = target
         return self._saved_model
 
 
-def with_fixes_named(error: SurgeonError, model: onnx.ModelProto, idle_passes: list[RewritePass]) -> SurgeonError:
-    """``error`` with a hint naming what installed passes, not in the run, detect in ``model``."""
+def with_fixes_named(error: SurgeonError, model: onnx.ModelProto, plan: Plan) -> SurgeonError:
+    """``error`` with a hint naming the installed passes that fix its hazard, with what their detectors find in
+    ``model`` (at the nodes the error names, when it names any): a pass to add, or one that ran and left it."""
     from surgeon.inspection import findings
 
-    unnamed = [rewrite for rewrite in idle_passes if rewrite.name not in str(error)]
+    ran = {rewrite.name for rewrite, _ in plan.passes}
+    fixers = [rewrite for rewrite in [*(p for p, _ in plan.passes), *plan.idle_passes]
+              if error.hazard is not None and error.hazard in rewrite.fixes]
     try:
-        found = findings(model, unnamed)
+        found = findings(model, fixers)
     except SurgeonError:  # a broken detector must not hide the conversion's own error
-        return error
-    if not found:
-        return error
-    plugins = ", ".join(dict.fromkeys(finding["plugin"] for finding in found))
-    first, more = found[0], f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-    hint = f"add {plugins} to --plugins, which detects {first['where']}: {first['message']}{more}"
-    error.hint = f"{hint}; {error.hint}" if error.hint else hint
+        found = []
+    if error.nodes:
+        found = [finding for finding in found if set(finding["nodes"]) & set(error.nodes)]
+    hints = []
+    for rewrite in fixers:
+        own = [finding for finding in found if finding["plugin"] == rewrite.name]
+        if not own:
+            if rewrite.name in ran and not error.nodes:
+                hints.append(f"{rewrite.name} ran but left it: `surgeon inspect MODEL.onnx` says why")
+            continue
+        own.sort(key=lambda finding: not finding["fixable"])
+        first = f"{own[0]['where']}: {own[0]['message']}" + (f" (and {len(own) - 1} more)" if len(own) > 1 else "")
+        if rewrite.name in ran:
+            hints.append(f"{rewrite.name} ran but left {first}")
+        elif own[0]["fixable"]:
+            hints.append(f"add {rewrite.name} to --plugins, which detects {first}")
+        else:
+            hints.append(f"{rewrite.name} detects {first}")
+    if hints:
+        hint = "; ".join(hints)
+        error.hint = f"{hint}; {error.hint}" if error.hint else hint
     return error
 
 
@@ -230,7 +271,17 @@ def run(config: RunConfig) -> dict[str, Any]:
             ctx.source_model = _load(plan.source, config.source, plan.options[plan.source.name], ctx)
         names = ", ".join(p.name for p, _ in plan.passes) or "none"
         with stage(report, "rewrite", f"rewriting: {names}"):
-            ctx.model, records = run_passes(ctx.source_model, plan.passes)
+            try:
+                ctx.rewritten, records = run_passes(ctx.source_model, plan.passes)
+            except PluginError as error:
+                refusing, reload = batch_fixer(plan, error), plan.source.load_with_dynamic_batch
+                if refusing is None or reload is None:
+                    raise
+                log.warning("%s; exporting again with a dynamic batch axis, without %s", error, refusing.name)
+                ctx.record("dynamic_batch_fallback", {"refused_by": refusing.name, "reason": str(error)})
+                ctx.source_model = _load(plan.source, config.source, plan.options[plan.source.name], ctx, reload)
+                ctx.rewritten, records = run_passes(ctx.source_model,
+                                                    [(p, o) for p, o in plan.passes if p is not refusing])
         report["plugins"] = [record.__dict__ for record in records]
         oversized = oversized_tensor(ctx.model, int(config.max_tensor_gib * 2**30))
         if oversized:
@@ -246,13 +297,37 @@ def run(config: RunConfig) -> dict[str, Any]:
         shutil.rmtree(staging / ".scratch", ignore_errors=True)
         report["seconds"]["total"] = round(time.perf_counter() - started, 3)
         write_report(staging, report)
-    publishing = [(writer, writer_options) for writer, writer_options in plan.writers if writer.publish]
-    for writer, writer_options in publishing:
-        with blamed_on(writer.name, "publishing"):
-            writer.publish(ctx, writer_options, config.output)
-    if publishing:
+    published = False
+    for writer, writer_options in plan.writers:
+        if writer.publish is not None:
+            with blamed_on(writer.name, "publishing"):
+                writer.publish(ctx, writer_options, config.output)
+            published = True
+    if published:
         write_report(config.output, report)
     return report
+
+
+def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
+    """Compare every stage of the run with its reference (``surgeon.verify``); return the parity table, or raise
+    on a divergence with a hint naming the passes that fix a fixed batch."""
+    model, config, plan = ctx.model, ctx.config, ctx.plan
+    if ctx.source_model is None:
+        raise SurgeonError("verification runs once the source is loaded")
+    feeds = {size: verify.random_feed(model, size) for size in verify.batch_sizes(model, config.batch_sizes)}
+    run, what = verify.reference_runner(ctx.source_model, model, ctx.reference, plan.passes)
+    ctx.record("reference", what)
+    table = verify.compare_stages(verify.stage_runners(model, ctx.served_models),
+                                  verify.reference_outputs(run, what, feeds), feeds,
+                                  by_sample=verify.static_batch(model) is None, atol=config.atol, rtol=config.rtol,
+                                  names=[value.name for value in model.graph.output])
+    for line in verify.format_table(table):
+        log.info("%s", line)
+    verify.raise_on_divergence(
+        table, config.atol, config.rtol,
+        batch_fixers_run=[p.name for p, _ in plan.passes if Hazard.FIXED_BATCH in p.fixes],
+        batch_fixers_left_out=[p.name for p in plan.idle_passes if Hazard.FIXED_BATCH in p.fixes])
+    return table
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:
@@ -261,11 +336,17 @@ def write_report(folder: Path, report: dict[str, Any]) -> None:
     partial.replace(folder / "report.json")
 
 
-def _load(source: Source, spec: str, source_options: Any, ctx: RunContext) -> onnx.ModelProto:
+def batch_fixer(plan: Plan, error: PluginError) -> RewritePass | None:
+    """The pass of the run that raised ``error`` when it is one that fixes a fixed batch: the source may then
+    export again with a dynamic batch instead."""
+    return next((rewrite for rewrite, _ in plan.passes
+                 if rewrite.name == error.plugin and Hazard.FIXED_BATCH in rewrite.fixes), None)
+
+
+def _load(source: Source, spec: str, source_options: Any, ctx: RunContext,
+          load: Callable[[str, Any, RunContext], onnx.ModelProto] | None = None) -> onnx.ModelProto:
     with blamed_on(source.name, f"loading {spec}"):
-        model = source.load(spec, source_options, ctx)
+        model = (load or source.load)(spec, source_options, ctx)
     if not isinstance(model, onnx.ModelProto):
         raise PluginError(source.name, f"load() returned {type(model).__name__}, not an onnx.ModelProto")
     return model
-
-

@@ -9,15 +9,30 @@ whose fields are set with ``--set NAME.FIELD=VALUE`` or in a pipeline file.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import onnx
     import onnx_graphsurgeon as gs
 
-    from surgeon.pipeline import RunContext
+    from surgeon.context import Context
+
+
+class Hazard(str, Enum):
+    """A kind of failure on the road to a served model. A pass declares the ones it fixes
+    (``RewritePass.fixes``); an error names the one it is (``SurgeonError.hazard``), so that a failed run names
+    exactly the passes that fix it."""
+
+    UNCONVERTIBLE_NODE = "unconvertible_node"
+    """The converter cannot convert a node: no handler for its operator at its version, or one that fails on it."""
+    PYTHON_CALLBACK = "python_callback"
+    """The converter would run a node through Python (a PyFunc), which no server can load."""
+    FIXED_BATCH = "fixed_batch"
+    """The export's batch size is baked into the graph, so other batch sizes fail or mix samples."""
 
 
 @dataclass(frozen=True)
@@ -27,10 +42,19 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class Finding:
-    """A hazard a detector found: where it is and why it matters."""
+    """A hazard a detector found: where it is and why it matters.
+
+    ``nodes``: the names of the ONNX nodes it is about, so that a failure at one of them names the pass that fixes
+    it. ``fixable``: False when the pass sees the hazard but cannot fix it there (the message says why).
+    """
 
     where: str
     message: str
+    nodes: tuple[str, ...] = ()
+    fixable: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(name for name in self.nodes if name))  # unnamed nodes match nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,10 +76,17 @@ class Source(Plugin):
     ``accepts(spec)`` says, cheaply and without importing heavy packages,
     whether this source understands the spec; ``load(spec, options, ctx)``
     returns the ``onnx.ModelProto``.
+
+    A source that exports (PyTorch, say) may give ``load_with_dynamic_batch``:
+    the model exported again with a symbolic batch axis. When a pass that
+    fixes a fixed batch refuses the first export, the host loads that instead
+    and runs the other passes on it; verification at several batch sizes
+    then proves the exporter's dynamic batch.
     """
 
     accepts: Callable[[str], bool]
-    load: Callable[[str, Any, "RunContext"], "onnx.ModelProto"]
+    load: Callable[[str, Any, "Context"], "onnx.ModelProto"]
+    load_with_dynamic_batch: Callable[[str, Any, "Context"], "onnx.ModelProto"] | None = None
     kind: ClassVar[str] = "source"
 
 
@@ -71,11 +102,19 @@ class RewritePass(Plugin):
     gives ``original_inputs(inputs, options)``: from the arrays fed to the
     graph after the pass, the arrays the graph before it needs to compute the
     same outputs. Verification feeds the source model through it.
+
+    ``fixes`` names the hazards the pass removes: when a run fails on one, the
+    error names the passes that fix it (and, when such a pass is not in the
+    run, what its detector finds). ``newest_opset``: a pass that brings any
+    opset up to this one within the converter's reach says so; sources then
+    export at a newer opset when such a pass runs.
     """
 
-    run: Callable[["gs.Graph", Any], Optional[dict]]
+    run: Callable[["gs.Graph", Any], dict | None]
     detect: Callable[["gs.Graph", Any], list[Finding]] = lambda graph, options: []
-    original_inputs: Optional[Callable[[list, Any], list]] = None
+    original_inputs: Callable[[list, Any], list] | None = None
+    fixes: frozenset[Hazard] = field(default_factory=frozenset)
+    newest_opset: int | None = None
     kind: ClassVar[str] = "pass"
 
 
@@ -87,7 +126,7 @@ class Converter(Plugin):
     empty directory ``target``.
     """
 
-    convert: Callable[["onnx.ModelProto", Any, Path, "RunContext"], None]
+    convert: Callable[["onnx.ModelProto", Any, Path, "Context"], None]
     kind: ClassVar[str] = "converter"
 
 
@@ -103,8 +142,8 @@ class Writer(Plugin):
     (a live model repository, say).
     """
 
-    write: Callable[["RunContext", Any, Path], None]
-    publish: Optional[Callable[["RunContext", Any, Path], None]] = None
+    write: Callable[["Context", Any, Path], None]
+    publish: Callable[["Context", Any, Path], None] | None = None
     needs_saved_model: bool = False
     kind: ClassVar[str] = "writer"
 
@@ -128,6 +167,7 @@ def option_defaults(options_type: type) -> dict[str, Any]:
 __all__ = [
     "Converter",
     "Finding",
+    "Hazard",
     "NoOptions",
     "Plugin",
     "RewritePass",

@@ -80,11 +80,10 @@ def _run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mod
         records.append(record)
         before = after
     rewritten, problem = export_and_check(graph, model)
+    if rewritten is None or problem and not validation_problem(model):
+        raise blame(model, steps)
     if problem:
-        if rewritten is not None and validation_problem(model):
-            log.warning("the model fails the ONNX checks before and after the rewrites: %s", problem)
-        else:
-            raise blame(model, steps)
+        log.warning("the model fails the ONNX checks before and after the rewrites: %s", problem)
     return rewritten, records
 
 

@@ -1,8 +1,9 @@
 """``surgeon new-plugin NAME``: a ready-to-install rewrite-plugin package.
 
-The package holds a working pass (it removes Identity nodes: replace that
-with your fix), its detector, a test using ``surgeon.testing``, and the
-entry point that makes ``surgeon run --plugins NAME`` find it once installed.
+The package holds a working pass built with the graph kit ``surgeon.graph``
+(it turns divisions by a constant into multiplications: replace that with
+your fix), its detector, a test using ``surgeon.testing``, and the entry
+point that makes ``surgeon run --plugins NAME`` find it once installed.
 """
 
 from __future__ import annotations
@@ -38,46 +39,70 @@ py-modules = ["surgeon_{name}"]
 MODULE = '''\
 """{name}: a surgeon rewrite plugin.
 
-Replace the example fix below (it removes Identity nodes) with yours: a pass
-edits the onnx-graphsurgeon graph in place and keeps the model's meaning;
-the detector finds the same places without changing anything.
+Replace the example fix below with yours. It turns a division by a constant
+scalar into a multiplication, and drops a division by 1. A pass edits the
+onnx-graphsurgeon graph in place and keeps the model's meaning, building
+what it adds with the graph kit (``surgeon.graph``); the detector finds the
+same places without changing anything.
 """
 
 from dataclasses import dataclass, field
 
 from surgeon import Finding, RewritePass, hookimpl
+from surgeon.graph import Builder, constant_value, describe
 
 
 @dataclass(frozen=True)
 class Options:
-    keep_outputs: bool = field(default=True, metadata={{"doc": "keep Identities that produce graph outputs"}})
+    keep_outputs: bool = field(default=True, metadata={{
+        "doc": "keep divisions by 1 that produce graph outputs (removing one renames the output)"}})
+
+
+def divisor(node):
+    """The constant float scalar a Div node divides by; None for any other node."""
+    if node.op != "Div":
+        return None
+    value = constant_value(node.inputs[1])
+    return value if value is not None and value.ndim == 0 and value.dtype.kind == "f" else None
 
 
 def targets(graph, options):
-    """The nodes this pass rewrites."""
+    """(node, divisor) for each division this pass rewrites."""
     outputs = {{id(tensor) for tensor in graph.outputs}}
-    return [node for node in graph.nodes
-            if node.op == "Identity" and not (options.keep_outputs and id(node.outputs[0]) in outputs)]
+    found = []
+    for node in graph.nodes:
+        value = divisor(node)
+        if value is None or (value == 1 and options.keep_outputs and id(node.outputs[0]) in outputs):
+            continue
+        found.append((node, value))
+    return found
 
 
 def run(graph, options):
-    for node in targets(graph, options):
-        source, alias = node.inputs[0], node.outputs[0]
-        for consumer in list(alias.outputs):
-            consumer.inputs[consumer.inputs.index(alias)] = source
-        graph.outputs = [source if tensor is alias else tensor for tensor in graph.outputs]
-        node.outputs.clear()  # the host's cleanup removes the node
+    build = Builder(graph, prefix="{name}/")
+    for node, value in targets(graph, options):
+        dividend, quotient = node.inputs[0], node.outputs[0]
+        node.outputs.clear()  # the host's cleanup removes the Div
+        if value == 1:  # its consumers, graph outputs included, read the dividend instead
+            for consumer in list(quotient.outputs):
+                for index, tensor in enumerate(consumer.inputs):
+                    if tensor is quotient:
+                        consumer.inputs[index] = dividend
+            graph.outputs = [dividend if tensor is quotient else tensor for tensor in graph.outputs]
+        else:  # a Mul produces the same tensor, so its consumers and graph outputs stay as they are
+            build.op("Mul", [dividend, build.const("reciprocal", 1 / value, value.dtype)], "mul", output=quotient)
 
 
 def detect(graph, options):
-    return [Finding(where=node.name or node.outputs[0].name, message="Identity node that can be removed")
-            for node in targets(graph, options)]
+    return [Finding(where=describe(node), message="divides by 1: it can go" if value == 1
+                    else f"divides by the constant {{value}}: a multiplication is cheaper")
+            for node, value in targets(graph, options)]
 
 
 @hookimpl
 def surgeon_passes():
-    return [RewritePass(name="{name}", doc="Remove Identity nodes (replace with your fix).", options=Options,
-                        run=run, detect=detect)]
+    return [RewritePass(name="{name}", doc="Divisions by a constant become multiplications (replace with your fix).",
+                        options=Options, run=run, detect=detect)]
 '''
 
 TEST = '''\
@@ -88,11 +113,12 @@ from surgeon.testing import (apply_pass_with_record, assert_idempotent, assert_s
 
 MODEL = """
 <ir_version: 8, opset_import: ["" : 13]>
-g (float[N, 4] x) => (float[N, 4] y)
+g (float[N, 4] x) => (float[N, 4] y) <float four = {{4.0}}, float one = {{1.0}}>
 {{
-    a = Identity(x)
-    b = Relu(a)
-    y = Add(b, a)
+    a = Div(x, four)
+    b = Div(a, one)
+    c = Mul(b, b)
+    y = Div(c, one)
 }}
 """
 
@@ -100,7 +126,7 @@ g (float[N, 4] x) => (float[N, 4] y)
 def test_rewrites_and_keeps_the_outputs():
     model = model_from_text(MODEL)
     rewritten, record = apply_pass_with_record("{name}", model)
-    assert record.nodes_removed == 1
+    assert (record.nodes_added, record.nodes_removed) == (1, 2)  # a Mul for a Div, and one Div by 1 gone
     assert_same_outputs(model, rewritten, batch_sizes=[1, 3, 8])
 
 
@@ -111,7 +137,8 @@ def test_idempotent():
 def test_detector_finds_what_the_pass_fixes():
     fix = find_pass("{name}")
     model = model_from_text(MODEL)
-    assert len(fix.detect(gs.import_onnx(model), fix.options())) == 1
+    assert [finding.where for finding in fix.detect(gs.import_onnx(model), fix.options())] == [
+        "the Div node making 'a'", "the Div node making 'b'"]
     fixed = apply_pass_with_record(fix, model)[0]
     assert fix.detect(gs.import_onnx(fixed), fix.options()) == []
 '''

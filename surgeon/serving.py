@@ -9,7 +9,10 @@ what passes here serves.
     python -m surgeon.serving MODEL FEEDS.npz RESULTS.npz [--verbose]
 
 FEEDS.npz holds ``count`` (of feeds), ``inputs`` and ``outputs`` (the
-names, in order) and ``feed{k}_{j}``: input j of feed k. RESULTS.npz gets
+ONNX names of all of the model's inputs and outputs, in order) and
+``feed{k}_{j}``: input j of feed k. Each input is fed through its key in the
+signature, which ``surgeon.naming.signature_input_keys`` derives from those
+names as the converter did (``input.1`` -> ``input_1``). RESULTS.npz gets
 ``result{k}_{m}`` (output m of feed k) or ``error{k}`` (why feed k failed).
 One process runs every feed, so TensorFlow is imported and the model loaded
 once.
@@ -30,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from surgeon.errors import SurgeonError
+from surgeon.naming import signature_input_keys
 from surgeon.saved_model_info import SERVE_TAG, SERVING_SIGNATURE
 
 FROZEN_GRAPH = "model.pb"
@@ -45,9 +49,11 @@ def run_in_fresh_process(model: Path, feeds: Sequence[Sequence[np.ndarray]], inp
 
     with tempfile.TemporaryDirectory(prefix="surgeon-serving-") as folder:
         feeds_path, results_path = Path(folder) / "feeds.npz", Path(folder) / "results.npz"
-        arrays = {f"feed{k}_{j}": np.asarray(array) for k, feed in enumerate(feeds) for j, array in enumerate(feed)}
-        np.savez(feeds_path, count=np.array(len(feeds)), inputs=np.array(input_names, dtype=str),
-                 outputs=np.array(output_names, dtype=str), **arrays)
+        contents: dict[str, Any] = {"count": np.array(len(feeds)), "inputs": np.array(input_names, dtype=str),
+                                    "outputs": np.array(output_names, dtype=str)}
+        contents.update((f"feed{k}_{j}", np.asarray(array)) for k, feed in enumerate(feeds)
+                        for j, array in enumerate(feed))
+        np.savez(feeds_path, **contents)
         command = [sys.executable, "-m", "surgeon.serving", str(Path(model).resolve()), str(feeds_path),
                    str(results_path)]
         loud = verbose()
@@ -70,14 +76,18 @@ def run_in_fresh_process(model: Path, feeds: Sequence[Sequence[np.ndarray]], inp
 
 def run(model: Path, feeds: Sequence[Sequence[np.ndarray]], input_names: Sequence[str],
         output_names: Sequence[str]) -> list[Outputs | str]:
-    """Run every feed through ``model`` in this process, in graph mode (what the fresh process does)."""
+    """Run every feed through ``model`` in this process, in graph mode (what the fresh process does).
+
+    ``input_names`` and ``output_names``: all of the model's, ONNX names in order (see the module's docstring).
+    """
     from surgeon.device import quiet_tensorflow
 
+    keys = signature_input_keys(input_names, output_names)
     with quiet_tensorflow() as tf:
         session = tf.compat.v1.Session(graph=tf.Graph())
         with session:
             inputs, outputs = _load(tf, session, model)
-            missing = [name for name in input_names if name not in inputs]
+            missing = [keys[name] for name in input_names if keys[name] not in inputs]
             missing += [name for name in output_names if name not in outputs]
             if missing:
                 raise SurgeonError(f"{model}: the signature has no tensor {missing[0]!r} "
@@ -86,7 +96,7 @@ def run(model: Path, feeds: Sequence[Sequence[np.ndarray]], input_names: Sequenc
             results: list[Outputs | str] = []
             for feed in feeds:
                 try:
-                    results.append(session.run(fetches, {inputs[name]: array
+                    results.append(session.run(fetches, {inputs[keys[name]]: array
                                                          for name, array in zip(input_names, feed)}))
                 except tf.errors.OpError as error:
                     results.append(_first_line(error.message))

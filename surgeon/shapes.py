@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Optional
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon.onnx_io import nonpositive_attribute
 
-Types = tuple[int, Optional[list[Optional[int]]]]  # ONNX element type, dims
+Types = tuple[int, list[int | None] | None]  # ONNX element type, dims
 
 
 def topological(graph: gs.Graph) -> list[gs.Node]:
@@ -61,8 +60,8 @@ def opset_imports(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
     return imports
 
 
-def inferred_types(graph: gs.Graph, order: Optional[Sequence[gs.Node]] = None,
-                   fixed_dims: Optional[Mapping[int, tuple[int, int]]] = None) -> dict[str, Types]:
+def inferred_types(graph: gs.Graph, order: Sequence[gs.Node] | None = None,
+                   fixed_dims: Mapping[int, tuple[int, int]] | None = None) -> dict[str, Types]:
     """Element type and dims (None where unknown) of every tensor, from ONNX shape inference.
 
     Inference runs on a skeleton of the graph: weights are declared as typed
@@ -74,10 +73,11 @@ def inferred_types(graph: gs.Graph, order: Optional[Sequence[gs.Node]] = None,
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
     inputs, initializers = [], []
+    fixed = fixed_dims or {}
     for tensor in graph.inputs:
         info = OnnxExporter.export_value_info_proto(tensor, do_type_check=False)
-        if id(tensor) in (fixed_dims or {}):
-            axis, size = fixed_dims[id(tensor)]
+        if id(tensor) in fixed:
+            axis, size = fixed[id(tensor)]
             info.type.tensor_type.shape.dim[axis].Clear()
             info.type.tensor_type.shape.dim[axis].dim_value = size
         inputs.append(info)

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from surgeon import __version__
+from surgeon.version import __version__
 
 # key in the record -> the distributions that install it, the first one found wins
 PACKAGES: dict[str, tuple[str, ...]] = {

@@ -8,17 +8,51 @@ a frozen graph), each in a fresh process in graph mode, as a server runs it:
 a Python callback (PyFunc) that onnx-tf fell back to runs only in the
 process that converted the model, and a batch fixed on a declared output
 shape passes an eager check there but fails in graph mode at any other
-batch. A stage diverges when
-``|actual - expected| > atol + rtol * |expected|`` anywhere, or when it fails
-to run. Per sample, sample i of a batched run must also equal the run of
+batch. Per sample, sample i of a batched run must also equal the run of
 sample i alone: a model that mixes samples across the batch fails even when
-batch 1 matches.
+batch 1 matches. A stage that fails to run fails the check.
+
+The criterion: a float value passes when
+
+    |actual - expected| <= atol + rtol * scale
+
+where ``scale`` is the largest finite ``|expected|`` of its sample in that
+output, the sample being the slice ``output[i]`` along the first axis (taken
+as the batch). Why not ``|expected|`` itself, the elementwise rule: float
+rounding is relative to the magnitude of what was summed, not of the sum. A
+randomly initialized Inception v3 gives logits up to 1e10; a logit near zero
+is a sum of terms near 1e10 and carries their rounding, far beyond rtol
+times its own magnitude, so the elementwise rule refuses a model that every
+stage computes correctly. Why not the largest value of the whole output: one
+sample of large values would then forgive a wrong sample of small ones (two
+samples swapped, samples mixed across the batch), while each sample is
+computed on its own, so its own largest value is what its rounding scales
+with. Outputs are judged apart for the same reason. A value alone in its
+sample (outputs of zero or one dimension, e.g. a score per sample) is judged
+against its own magnitude, which is the elementwise rule.
+
+What this cannot see: inside one sample of one output, a difference below
+``rtol`` times the sample's largest value, e.g. a wrong region of small
+values beside one huge value. A correct stage may differ that much there; a
+lower ``--rtol`` narrows the blind spot, and values of unrelated scale (box
+coordinates beside scores) are best given separate outputs.
+
+Integer, bool and string outputs must be equal. NaN at the same places and
+Inf of the same sign are equal (a model may compute them on purpose); NaN or
+Inf on one side only fails, saying how many and where.
+
+The table gives, per stage, batch size, check and output: ``max abs``, the
+largest ``|actual - expected|``; ``max rel``, the largest elementwise
+``|actual - expected| / |expected|``; and ``max scaled``, the largest
+``|actual - expected| / scale``, the measure the verdict reads (in both
+ratios a divisor below atol counts as atol). Every value passes when ``max
+scaled`` is at most rtol.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +64,8 @@ from surgeon.errors import SurgeonError, describe
 from surgeon.onnx_io import real_inputs
 
 if TYPE_CHECKING:
-    from surgeon.pipeline import RunContext
+    from surgeon.context import Reference
+    from surgeon.plugin import RewritePass
 
 log = logging.getLogger("surgeon")
 
@@ -43,7 +78,6 @@ Feed = list[np.ndarray]  # one array per model input, in the model's input order
 Outputs = list[np.ndarray]  # one array per model output, in the model's output order
 Runner = Callable[[Sequence[Feed]], list[Outputs]]
 
-
 @dataclass(frozen=True)
 class RunFailure:
     """Why a stage could not answer a feed."""
@@ -55,48 +89,54 @@ Result = Outputs | RunFailure
 Stage = Callable[[Sequence[Feed]], list[Result]]  # called once with every feed of the check
 
 
-def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
-    """Compare every stage with the reference; return the parity table or raise on divergence."""
-    model = ctx.model
-    atol, rtol = ctx.config.atol, ctx.config.rtol
-    sizes = batch_sizes(model, ctx.config.batch_sizes)
-    by_sample = static_batch(model) is None  # a fixed batch cannot run one sample alone
-    batched = {size: random_feed(model, size) for size in sizes}
-    feeds = []
-    for size, feed in batched.items():
-        feeds.append(feed)
+def compare_stages(stages: Mapping[str, Stage], expected: Mapping[int, Outputs], feeds: Mapping[int, Feed], *,
+                   by_sample: bool, atol: float, rtol: float,
+                   names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The parity table: each stage run on the feeds (by batch size) and compared with the expected outputs.
+
+    ``by_sample``: each sample of a batch is also run alone and must equal its part of the batched run (a model
+    whose batch is fixed cannot run one sample alone). Every stage gets all the feeds in one call, since a
+    served model answers them in one fresh process."""
+    runs = []
+    for size, feed in feeds.items():
+        runs.append(feed)
         if by_sample and size > 1:
-            feeds += [[array[i : i + 1] for array in feed] for i in range(size)]
-    expected = reference_outputs(ctx, batched)
-    names = [value.name for value in model.graph.output]
+            runs += [[array[i : i + 1] for array in feed] for i in range(size)]
     table = []
-    for stage_name, stage in stage_runners(ctx):
-        results = iter(stage(feeds))
-        for size in sizes:
+    for stage_name, stage in stages.items():
+        results = iter(stage(runs))
+        for size in feeds:
             got = next(results)
             table += compare(stage_name, size, got, expected[size], atol, rtol, names=names)
             if by_sample and size > 1:
                 alone = joined([next(results) for _ in range(size)])
                 table += compare(stage_name, size, got, alone, atol, rtol, check="per-sample", names=names)
-    for line in format_table(table):
-        log.info("%s", line)
-    failed = [row for row in table if not row["ok"]]
-    if failed:
-        first = failed[0]
-        where = (f"stage {first['stage']!r} at batch size {first['batch']} "
-                 f"({first['check']}, output {first['output']!r})")
-        if "error" in first:
-            message = f"verification failed: {where} fails: {first['error']}"
-        else:
-            message = (f"verification failed: {where} differs from the reference by up to {first['max_abs']:.3g} "
-                       f"(atol {atol}, rtol {rtol})")
-        raise SurgeonError(message, hint=failure_hint(table, first, ctx.config.plugins))
     return table
 
 
-def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], plugins: Sequence[str]) -> str:
+def raise_on_divergence(table: list[dict[str, Any]], atol: float, rtol: float, batch_fixers_run: Sequence[str],
+                        batch_fixers_left_out: Sequence[str]) -> None:
+    """Raise for the first failing row of the table, with what to try (:func:`failure_hint`)."""
+    failed = [row for row in table if not row["ok"]]
+    if not failed:
+        return
+    first = failed[0]
+    where = f"stage {first['stage']!r} at batch size {first['batch']} ({first['check']}, output {first['output']!r})"
+    if "error" in first:
+        message = f"verification failed: {where} fails: {first['error']}"
+    else:
+        than = "the reference" if first["check"] == "vs reference" else "its samples run alone"
+        message = (f"verification failed: {where} differs from {than} by up to {first['max_abs']:.3g}, "
+                   f"{first['max_scaled']:.3g} of its sample's largest value (allowed: atol {atol} + rtol {rtol} "
+                   "times that value)")
+    raise SurgeonError(message, hint=failure_hint(table, first, batch_fixers_run, batch_fixers_left_out))
+
+
+def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], batch_fixers_run: Sequence[str],
+                 batch_fixers_left_out: Sequence[str]) -> str:
     """What to try, from the rows that passed: a batch baked into the model only when batch 1 passes, the samples
-    of the failing batch are mixed (or not checked), and dynamic_batch did not run."""
+    of the failing batch are mixed (or not checked), and no pass that fixes a fixed batch ran (the installed ones
+    left out of the run are named; ``batch_fixers_run``: those that ran)."""
     hint = "nothing was written; --no-verify skips this check"
     same_stage = [row for row in table if row["stage"] == first["stage"]]
     at_one = [row for row in same_stage if row["batch"] == 1]
@@ -106,18 +146,19 @@ def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], plugins: Se
     if per_sample and all(row["ok"] for row in per_sample):
         return (f"batch 1 passes and each sample of batch {first['batch']} equals that sample run alone, so no "
                 f"sample is mixed: the difference is numerical (--atol, --rtol loosen the check); {hint}")
-    if "dynamic_batch" in plugins:
-        return (f"batch 1 passes and dynamic_batch ran: a batch-dependent computation it did not see is left "
-                f"(`surgeon inspect MODEL.onnx` lists what it detects); {hint}")
-    return ("batch 1 passes, so the export likely baked the batch size into the model: "
-            f"--plugins dynamic_batch makes it dynamic; {hint}")
+    if batch_fixers_run:
+        return (f"batch 1 passes and {', '.join(batch_fixers_run)} ran: a batch-dependent computation it did not "
+                f"see is left (`surgeon inspect MODEL.onnx` lists what it detects); {hint}")
+    fix = (f": --plugins {','.join(batch_fixers_left_out)} makes it dynamic" if batch_fixers_left_out
+           else " (no installed pass makes a batch dynamic)")
+    return f"batch 1 passes, so the export likely baked the batch size into the model{fix}; {hint}"
 
 
-def stage_runners(ctx: RunContext) -> list[tuple[str, Stage]]:
-    """The checked stages: onnxruntime on the rewritten ONNX, then each served model in a fresh process."""
-    stages: list[tuple[str, Stage]] = [("onnx", each_feed(onnxruntime_runner(ctx.model)))]
-    stages += [(name, fresh_process(path, ctx.model)) for name, path in ctx.served_models.items()]
-    return stages
+def stage_runners(model: onnx.ModelProto, served_models: Mapping[str, Path]) -> dict[str, Stage]:
+    """The checked stages: onnxruntime on the rewritten ONNX ``model``, then each served model (stage name ->
+    what a server loads) in a fresh process."""
+    return {"onnx": each_feed(onnxruntime_runner(model)),
+            **{name: fresh_process(path, model) for name, path in served_models.items()}}
 
 
 def each_feed(runner: Runner) -> Stage:
@@ -149,12 +190,11 @@ def fresh_process(path: Path, model: onnx.ModelProto) -> Stage:
     return run
 
 
-def reference_outputs(ctx: RunContext, batched: dict[int, Feed]) -> dict[int, Outputs]:
-    """What the source computes for each batched feed."""
-    run, what = reference_runner(ctx)
-    ctx.report["reference"] = what
+def reference_outputs(run: Runner, what: str, feeds: Mapping[int, Feed]) -> dict[int, Outputs]:
+    """What the reference (``what``, in words) computes for each feed, by batch size; a reference that cannot
+    run is the source's problem, not a stage's: no stage is checked then."""
     expected = {}
-    for size, feed in batched.items():
+    for size, feed in feeds.items():
         try:
             expected[size] = run([feed])[0]
         except Exception as error:
@@ -164,36 +204,37 @@ def reference_outputs(ctx: RunContext, batched: dict[int, Feed]) -> dict[int, Ou
     return expected
 
 
-def reference_runner(ctx: RunContext) -> tuple[Runner, str]:
-    """PyTorch when the source set ``ctx.reference``; else onnxruntime on the source model; and what it is.
+def reference_runner(source: onnx.ModelProto, rewritten: onnx.ModelProto, reference: tuple[Reference, str] | None,
+                     reshapers: Sequence[tuple[RewritePass, Any]]) -> tuple[Runner, str]:
+    """``reference`` (the original model as a function, with what it is in words, when the source can run it);
+    else onnxruntime on the ``source`` model; and what it is.
 
     When onnxruntime refuses the source model (deprecated operators a pass
     replaced, say), onnxruntime on the rewritten model is the reference: the
     served models are still checked against it, the rewrite itself is not.
 
-    Feeds go through the ``original_inputs`` of the passes that changed what
-    the model takes, last pass first. A source model with a fixed batch B
+    Feeds go through the ``original_inputs`` of ``reshapers``, the passes
+    that changed what the model takes (in the order they ran), last first. A source model with a fixed batch B
     (exported at B, made dynamic by a rewrite) runs each sample repeated B
     times, keeping the first result: what it computes for that sample alone.
     """
-    passes = [(rewrite, options) for rewrite, options in reversed(ctx.plan.passes) if rewrite.original_inputs]
+    undo = [(rewrite.original_inputs, options) for rewrite, options in reversed(reshapers) if rewrite.original_inputs]
 
     def source_feed(feed: Feed) -> Feed:
-        for rewrite, options in passes:
-            feed = list(rewrite.original_inputs(list(feed), options))
+        for original_inputs, options in undo:
+            feed = list(original_inputs(list(feed), options))
         return feed
 
-    if ctx.reference is not None:
-        reference = ctx.reference
-        return (lambda feeds: [list(map(np.asarray, reference(source_feed(feed)))) for feed in feeds],
-                "the PyTorch model")
+    if reference is not None:
+        original, what = reference
+        return lambda feeds: [list(map(np.asarray, original(source_feed(feed)))) for feed in feeds], what
     try:
-        run = onnxruntime_runner(ctx.source_model)
+        run = onnxruntime_runner(source)
     except Exception as error:
         log.warning("onnxruntime cannot run the source model (%s); the rewritten model is the reference",
                     describe(error))
-        return onnxruntime_runner(ctx.model), "onnxruntime on the rewritten model (the source does not run there)"
-    fixed = static_batch(ctx.source_model)
+        return onnxruntime_runner(rewritten), "onnxruntime on the rewritten model (the source does not run there)"
+    fixed = static_batch(source)
 
     def by_sample(feed: Feed) -> Outputs:
         if fixed is None or not feed or feed[0].ndim == 0 or fixed == len(feed[0]):
@@ -228,57 +269,113 @@ def joined(samples: list[Result]) -> Result:
 
 def compare(stage_name: str, size: int, actual: Result, expected: Result, atol: float, rtol: float,
             check: str = "vs reference", names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per output: max abs and rel error, and whether it is within ``atol + rtol * |expected|``."""
-    failure = next((result.message for result in (actual, expected) if isinstance(result, RunFailure)), None)
-    if failure is None and len(actual) != len(expected):
-        failure = f"{len(actual)} outputs, expected {len(expected)}"
+    """One table row per output, named by ``names`` (else numbered): its measures and verdict (:func:`judge`)."""
+    labels = list(names) if names is not None else list(range(len(expected))) if isinstance(expected, list) else [0]
     rows = []
-    for index, name in enumerate(range(len(expected)) if names is None else names):
-        row = {"stage": stage_name, "batch": size, "check": check, "output": name}
-        got, want = (None, None) if failure else (np.asarray(actual[index]), np.asarray(expected[index]))
-        error = failure or (f"output shape {got.shape}, expected {want.shape}" if got.shape != want.shape else None)
-        if error:
-            rows.append({**row, "max_abs": None, "max_rel": None, "ok": False, "error": error})
-            continue
-        if not (np.issubdtype(want.dtype, np.number) or want.dtype == np.bool_):  # strings: exact
-            equal = got.shape == want.shape and bool(np.all(got == want))
-            rows.append({**row, "max_abs": 0.0 if equal else None, "max_rel": 0.0 if equal else None, "ok": equal})
-            continue
-        got64, want64 = got.astype(np.float64), want.astype(np.float64)
-        finite = np.isfinite(got64) & np.isfinite(want64)
-        diff = np.abs(np.where(finite, got64, 0.0) - np.where(finite, want64, 0.0))
-        scale = np.abs(np.where(finite, want64, 0.0))
-        max_abs = float(diff.max()) if diff.size else 0.0
-        max_rel = float((diff / np.maximum(scale, atol)).max()) if diff.size else 0.0
-        ok = bool(np.all(diff <= atol + rtol * scale))
-        lone = lone_nonfinite(got64, want64)
-        if lone:
-            rows.append({**row, "max_abs": max_abs, "max_rel": max_rel, "ok": False, "error": lone})
-            continue
-        rows.append({**row, "max_abs": max_abs, "max_rel": max_rel, "ok": ok})
+    for label, verdict in zip(labels, verdicts(actual, expected, len(labels), atol, rtol)):
+        row = {"stage": stage_name, "batch": size, "check": check, "output": label, "max_abs": verdict.max_abs,
+               "max_rel": verdict.max_rel, "max_scaled": verdict.max_scaled, "ok": verdict.ok}
+        rows.append(row | ({"error": verdict.error} if verdict.error else {}))
     return rows
 
 
-def lone_nonfinite(got: np.ndarray, want: np.ndarray) -> str | None:
-    """Where NaN or Inf stands on one side only, in words; None when both hold NaN at the same places and Inf of
-    the same sign (a model may compute them on purpose)."""
-    matched = (np.isnan(got) & np.isnan(want)) | (np.isinf(want) & (got == want))
-    lone = ~(np.isfinite(got) & np.isfinite(want)) & ~matched
-    if not lone.any():
-        return None
-    first = tuple(int(i) for i in np.argwhere(lone)[0])
-    return (f"{int(lone.sum())} of {lone.size} values are NaN or Inf on one side only "
+@dataclass(frozen=True)
+class Verdict:
+    """Whether one output passes, and how far it is from what was expected; ``error`` says why it fails when the
+    measures do not (a run that failed, another shape, NaN on one side, an integer that differs)."""
+
+    ok: bool
+    error: str | None = None
+    max_abs: float | None = None
+    max_rel: float | None = None
+    max_scaled: float | None = None
+
+
+def verdicts(actual: Result, expected: Result, count: int, atol: float, rtol: float) -> list[Verdict]:
+    """One verdict for each of the ``count`` outputs."""
+    if isinstance(actual, RunFailure):
+        return [Verdict(False, actual.message)] * count
+    if isinstance(expected, RunFailure):
+        return [Verdict(False, expected.message)] * count
+    if len(actual) != len(expected):
+        return [Verdict(False, f"{len(actual)} outputs, expected {len(expected)}")] * count
+    return [judge(np.asarray(got), np.asarray(want), atol, rtol) for got, want in zip(actual, expected)]
+
+
+def judge(got: np.ndarray, want: np.ndarray, atol: float, rtol: float) -> Verdict:
+    """The criterion of the module docstring: floats within ``atol + rtol * scale`` of their sample, everything
+    else equal, NaN and Inf matched."""
+    if got.shape != want.shape:
+        return Verdict(False, f"output shape {got.shape}, expected {want.shape}")
+    if want.dtype.kind in "OSU":  # strings: nothing to measure
+        if np.array_equal(got, want):
+            return Verdict(True, None, 0.0, 0.0, 0.0)
+        return Verdict(False, first_of(np.asarray(got != want), got, want, "differ"))
+    wide_got, wide_want = widened(got), widened(want)
+    finite = np.isfinite(wide_got) & np.isfinite(wide_want)
+    with np.errstate(over="ignore"):  # values near the largest float64 differ by Inf: a failure, not a warning
+        diff = np.abs(np.where(finite, wide_got, 0) - np.where(finite, wide_want, 0))
+    magnitude = np.abs(np.where(np.isfinite(wide_want), wide_want, 0))
+    scale = sample_scale(magnitude)
+    measures = (largest(diff), largest(ratio(diff, np.maximum(magnitude, atol))),
+                largest(ratio(diff, np.maximum(scale, atol))))
+    matched = (np.isnan(wide_got) & np.isnan(wide_want)) | (np.isinf(wide_want) & (wide_got == wide_want))
+    lone = ~finite & ~matched
+    if lone.any():
+        return Verdict(False, first_of(lone, got, want, "are NaN or Inf on one side only"), *measures)
+    if not inexact(want.dtype):
+        unequal = np.asarray(got != want)
+        if unequal.any():
+            why = f"{first_of(unequal, got, want, 'differ')}; {want.dtype} outputs must be equal"
+            return Verdict(False, why, *measures)
+        return Verdict(True, None, *measures)
+    return Verdict(bool(np.all(diff <= atol + rtol * scale)), None, *measures)
+
+
+def inexact(dtype: np.dtype) -> bool:
+    """Floating point: NumPy's, and ml_dtypes' (bfloat16, float8 ...), whose kind says nothing."""
+    return np.issubdtype(dtype, np.inexact) or dtype.name.startswith(("float", "bfloat"))
+
+
+def widened(array: np.ndarray) -> np.ndarray:
+    """``array`` as float64 (complex128 if complex), so that differences neither wrap nor round."""
+    return array.astype(np.complex128 if np.iscomplexobj(array) else np.float64)
+
+
+def sample_scale(magnitude: np.ndarray) -> np.ndarray:
+    """The largest magnitude of each value's sample (the slice along the first axis), broadcastable against
+    ``magnitude``; a value is its own sample in an output of zero or one dimension."""
+    if magnitude.ndim < 2:
+        return magnitude
+    return magnitude.max(axis=tuple(range(1, magnitude.ndim)), keepdims=True, initial=0.0)
+
+
+def ratio(diff: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+    """``diff / divisor``: 0 where both are 0, Inf where only the divisor is (``atol`` may be 0)."""
+    return np.divide(diff, divisor, out=np.where(diff > 0, np.inf, 0.0), where=divisor > 0)
+
+
+def largest(values: np.ndarray) -> float:
+    """The largest of ``values``; 0 for none."""
+    return float(values.max(initial=0.0))
+
+
+def first_of(mask: np.ndarray, got: np.ndarray, want: np.ndarray, what: str) -> str:
+    """How many values ``mask`` marks, and the first of them, in words."""
+    first = tuple(int(i) for i in np.argwhere(mask)[0])
+    return (f"{int(mask.sum())} of {mask.size} values {what} "
             f"(first at {list(first)}: {got[first]} here, {want[first]} expected)")
 
 
 def format_table(table: list[dict[str, Any]]) -> list[str]:
     """The parity table as aligned lines for the terminal."""
-    header = ("stage", "batch", "check", "output", "max abs", "max rel", "")
+    header = ("stage", "batch", "check", "output", "max abs", "max rel", "max scaled", "")
     lines = [header]
     for row in table:
-        errors = [f"{row[key]:.2e}" if row[key] is not None else "-" for key in ("max_abs", "max_rel")]
+        measures = [f"{row[key]:.2e}" if row[key] is not None else "-"
+                    for key in ("max_abs", "max_rel", "max_scaled")]
         verdict = "ok" if row["ok"] else f"FAILS: {row['error']}" if "error" in row else "DIVERGES"
-        lines.append((row["stage"], str(row["batch"]), row["check"], str(row["output"]), *errors, verdict))
+        lines.append((row["stage"], str(row["batch"]), row["check"], str(row["output"]), *measures, verdict))
     widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
     return ["parity:"] + [("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
                           .rstrip() for line in lines]

@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny ONNX models and plugin files written on the fly."""
+"""Shared fixtures: tiny ONNX models and plugin files written on the fly; ``--graph-only``."""
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +15,40 @@ import onnx
 import pytest
 
 from surgeon.testing import model_from_text
+
+TENSORFLOW_PACKAGES = ("tensorflow", "tf_keras", "keras")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--graph-only", action="store_true",
+                     help="run only the tests that need no TensorFlow (not marked tf), with TensorFlow unimportable")
+
+
+class NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Makes importing TensorFlow fail, so a test that needs it but is not marked ``tf`` fails under --graph-only.
+    Finding a package without importing it still works (surgeon reads onnx-tf's operator table as text)."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        return importlib.util.spec_from_loader(name, self) if name.split(".")[0] in TENSORFLOW_PACKAGES else None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        raise ImportError(f"{spec.name} imported under --graph-only: mark the test @pytest.mark.tf")
+
+    def exec_module(self, module: object) -> None:
+        """Never reached: ``create_module`` refuses."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--graph-only"):
+        sys.meta_path.insert(0, NoTensorFlow())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--graph-only"):
+        return
+    kept = [item for item in items if item.get_closest_marker("tf") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("tf") is not None])
+    items[:] = kept
 
 # y = Relu(x) @ w + b, with an exporter-style output name
 TINY_TEXT = """

@@ -10,6 +10,8 @@ import pytest
 
 import surgeon
 
+pytestmark = pytest.mark.tf  # every test here converts with TensorFlow
+
 ZOO = Path(__file__).parents[1] / "bench" / "zoo.py"
 PLUGINS = ["dynamic_batch", "pool_fix", "gru_fix", "opset_compat", "rename_outputs"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from surgeon import SurgeonError
-from surgeon_plugins.checkpoints import load_weights
+from surgeon_plugins.sources.torch.checkpoints import load_weights
 
 
 class Net(nn.Module):

@@ -81,7 +81,7 @@ def test_bad_pipeline_files(tmp_path, cli, content, message, tiny_path):
 def test_bad_model_files_get_one_clear_message(tmp_path, cli, content, message):
     bad = tmp_path / "bad.onnx"
     if content == "truncated":
-        from surgeon.testing import small_cnn
+        from surgeon.fuzzing import small_cnn
 
         whole = small_cnn().SerializeToString()
         content = whole[: len(whole) // 2]
@@ -123,5 +123,5 @@ def test_inspect_lists_io_ops_and_hazards_with_the_fixing_plugin(tiny_path, cli)
     assert "[rename_outputs] output 'add_17': generated or invalid name" in result.stdout
     info = json.loads(cli("inspect", tiny_path, "--json").stdout)
     assert info["outputs"] == [{"name": "add_17", "dtype": "float", "shape": ["N", 3]}]
-    assert {"plugin": "rename_outputs", "where": "output 'add_17'",
+    assert {"plugin": "rename_outputs", "where": "output 'add_17'", "nodes": [], "fixable": True,
             "message": "generated or invalid name; would be renamed to 'output_0'"} in info["findings"]

@@ -71,7 +71,7 @@ def conv3d_net():
 
 # name -> (build, input shape, export names, run settings)
 MODELS = {
-    # "input.1" is what TensorFlow refuses as a signature key; rename_outputs makes it input_0
+    # rename_outputs makes "input.1" input_0 (without it the signature key would be input_1: test_names.py)
     "conv1d": (conv1d_net, (1, 2, 16), {"inputs": ("input.1",)}, {"plugins": ["rename_outputs"]}),
     "conv2d_two_outputs": (conv2d_two_outputs_net, (1, 3, 8, 8), {"outputs": ("logits", "features")},
                            {"formats": ["saved_model", "frozen_pb"]}),
@@ -95,6 +95,7 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.tf
 def test_every_stage_matches_the_source_at_each_batch_size(runs, name):
     out, report = runs[name]
     sizes = MODELS[name][3].get("batch_sizes", [1, 3])
@@ -109,6 +110,7 @@ def test_every_stage_matches_the_source_at_each_batch_size(runs, name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.tf
 def test_signature_is_keyed_by_the_onnx_names_with_a_dynamic_batch(runs, name):
     out, _ = runs[name]
     model = onnx.load(str(out / "model.onnx"))
@@ -124,25 +126,14 @@ def test_signature_is_keyed_by_the_onnx_names_with_a_dynamic_batch(runs, name):
     assert info["pyfuncs"] == []
 
 
+@pytest.mark.tf
 def test_tensorflow_refused_input_names_are_renamed_by_rename_outputs(runs):
     out, report = runs["conv1d"]
     assert report["plugins"][0]["renamed"] == {"input.1": "input_0"}
     assert [t["name"] for t in describe(out / "saved_model")["signatures"]["serving_default"]["inputs"]] == ["input_0"]
 
 
-def test_an_input_name_tensorflow_refuses_is_a_clear_error(tmp_path):
-    text = """
-        <ir_version: 8, opset_import: ["" : 13]>
-        g (float[N, 4] "input.1") => (float[N, 4] y) { y = Relu("input.1") }
-    """
-    source = tmp_path / "dotted.onnx"
-    onnx.save(model_from_text(text), str(source))
-    with pytest.raises(SurgeonError, match=r"input 'input.1' cannot be a key of the serving signature(.|\n)*"
-                       r"rename_outputs"):
-        surgeon.run(source, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
+@pytest.mark.tf
 def test_the_saved_model_serves_through_tensorflow_2_in_another_process(runs):
     """An independent check: TF2's loader and signature call, not surgeon's runner."""
     out, _ = runs["conv2d_two_outputs"]
@@ -162,6 +153,7 @@ np.savez({str(out.parent / "tf2.npz")!r}, **{{name: value.numpy() for name, valu
         np.testing.assert_allclose(served[value.name], expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tf
 def test_the_frozen_graph_names_its_tensors_by_the_onnx_names(runs):
     out, _ = runs["conv2d_two_outputs"]
     signature = json.loads((out / "frozen_pb" / "signature.json").read_text())
@@ -206,13 +198,14 @@ def test_pyfunc_pooling_fails_naming_the_node_and_pool_fix_and_leaves_no_output(
     result = subprocess.run([str(SURGEON), "run", str(pyfunc_pooling_model), "-o", str(out)], capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 1
-    assert "calls back into Python (PyFunc) for ONNX node(s) '/1/AveragePool' (AveragePool)" in result.stderr
+    assert "calls back into Python (PyFunc) for node '/1/AveragePool' (AveragePool)" in result.stderr
     assert "add pool_fix to --plugins" in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no staging folder left either
 
 
+@pytest.mark.tf
 def test_pyfunc_pooling_through_the_python_api_and_the_fix_it_names(pyfunc_pooling_model, tmp_path):
     with pytest.raises(SurgeonError, match=r"PyFunc(.|\n)*'/1/AveragePool'(.|\n)*pool_fix"):
         surgeon.run(pyfunc_pooling_model, tmp_path / "out", verify=False)
@@ -222,12 +215,13 @@ def test_pyfunc_pooling_through_the_python_api_and_the_fix_it_names(pyfunc_pooli
     assert all(row["ok"] for row in report["parity"])
 
 
+@pytest.mark.tf
 def test_the_fresh_process_serving_check_catches_what_an_eager_check_misses(tmp_path):
     """The recipe: export at batch 1, set the input's batch to '?', convert. graph.output keeps [1, 4]."""
     import torch
     from torch import nn
 
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -254,8 +248,9 @@ def test_the_converter_computes_what_onnx_tf_computes_on_every_backend_node_case
     """Its trace (without AutoGraph where it can) against onnx-tf's own (with AutoGraph): same outputs, or both fail."""
     import tensorflow as tf
 
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
-    from surgeon_plugins.onnx_tf_converter import trace
+    from surgeon.naming import signature_input_keys
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf import trace
 
     prepare = imported_onnx_tf().prepare
 
@@ -264,9 +259,14 @@ def test_the_converter_computes_what_onnx_tf_computes_on_every_backend_node_case
             representation = prepare(case.model, logging_level="CRITICAL")
             module = representation.tf_module
             module.is_export = True
-            function = (trace(module, representation.signatures) if ours
-                        else module.__call__.get_concrete_function(**representation.signatures))
-            result = function(**{name: tf.constant(array) for name, array in zip(representation.inputs, case.inputs)})
+            if ours:
+                keys = signature_input_keys(representation.inputs, representation.outputs)
+                function = trace(module, representation.signatures, keys)
+            else:
+                keys = {name: name for name in representation.inputs}
+                function = module.__call__.get_concrete_function(**representation.signatures)
+            result = function(**{keys[name]: tf.constant(array)
+                                 for name, array in zip(representation.inputs, case.inputs)})
             return [np.asarray(result[name]) for name in representation.outputs]
         except Exception as error:
             return type(error).__name__
@@ -331,6 +331,7 @@ squeezes (float[N, 4] x) => (float[N, 4] y)
 """
 
 
+@pytest.mark.tf
 def test_an_operator_onnx_tf_lacks_is_named_before_tensorflow_with_the_plugin_that_fixes_it(tmp_path):
     path = tmp_path / "squeeze13.onnx"
     onnx.save(model_from_text(SQUEEZE_13), str(path))
@@ -344,6 +345,7 @@ def test_an_operator_onnx_tf_lacks_is_named_before_tensorflow_with_the_plugin_th
         "onnx", "saved_model"}
 
 
+@pytest.mark.tf
 def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_servable(tmp_path):
     """Old exporters wrote Upsample past its deprecation: the ONNX checker refuses it, opset_compat replaces it."""
     path = tmp_path / "upsample.onnx"
@@ -359,7 +361,7 @@ def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_se
 
 
 def test_node_names_onnx_tf_would_find_clashing_are_made_unique():
-    from surgeon_plugins.onnx_tf_converter import readable_by_onnx_tf
+    from surgeon_plugins.converters.onnx_tf import readable_by_onnx_tf
 
     model = model_from_text("""
         <ir_version: 8, opset_import: ["" : 13]>
@@ -398,6 +400,7 @@ def stacked(kind: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("kind", ["same_depth_lstm", "bidirectional_lstm", "relu_rnn"])
+@pytest.mark.tf
 def test_stacked_recurrent_layers_serve(kind, tmp_path):
     """onnx-tf 1.10 shares one RNN cell among a model's layers and loses the depth a layer needs."""
     report = surgeon.run(f"{__file__}:stacked", tmp_path / "out", plugins=["dynamic_batch"], batch_sizes=[1, 3],
@@ -406,6 +409,7 @@ def test_stacked_recurrent_layers_serve(kind, tmp_path):
     assert {row["batch"] for row in report["parity"] if row["stage"] == "saved_model"} == {1, 3}
 
 
+@pytest.mark.tf
 def test_a_trailing_empty_optional_input_converts(tmp_path):
     """torchvision's swin_t writes Pads whose omitted constant_value is the empty name; onnx-tf looked it up."""
     path = tmp_path / "pad.onnx"
@@ -430,6 +434,6 @@ def test_a_failure_inside_onnx_tf_names_the_onnx_node(tmp_path):
     result = subprocess.run([str(SURGEON), "run", str(path), "-o", str(tmp_path / "out")], capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 1
-    assert ("plugin 'onnx_tf': conversion failed at ONNX node 'resize_0' (Resize; inputs 'x', '', 'scales'): "
+    assert ("plugin 'onnx_tf': conversion failed at the Resize node making 'y' (inputs 'x', '', 'scales'): "
             "RuntimeError: Resize coordinate_transformation_mode=half_pixel") in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -624,6 +624,7 @@ def assert_served_parity(report: dict) -> None:
 
 
 @pytest.mark.parametrize("export_batch", EXPORT_BATCHES)
+@pytest.mark.tf
 def test_the_served_model_matches_pytorch_in_a_fresh_process(tmp_path, export_batch):
     from surgeon.saved_model_info import describe
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from surgeon.testing import cli_in_process, mutate, mutate_model, small_cnn
+from surgeon.fuzzing import cli_in_process, mutate, mutate_model, small_cnn
 
 SEED = small_cnn()
 SEED_MODEL = SEED.SerializeToString()

@@ -18,7 +18,7 @@ from torch import nn
 import surgeon
 from surgeon import UsageError, device
 from surgeon.serving import run_in_fresh_process
-from surgeon_plugins.checkpoints import load_weights
+from surgeon_plugins.sources.torch.checkpoints import load_weights
 
 DATA = Path(__file__).parent / "data"
 CHECKPOINT = DATA / "cuda_training_checkpoint.pth"
@@ -56,6 +56,7 @@ def test_a_training_checkpoint_written_on_a_gpu_loads_on_a_cpu_machine() -> None
     np.testing.assert_allclose(computed, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.tf
 def test_the_saved_model_serves_what_the_model_computed_on_the_gpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = surgeon.run(f"{__file__}:cuda_net", out, plugins=["dynamic_batch"],

@@ -24,8 +24,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from surgeon.testing import apply_pass, backend_node_cases, model_from_text, run_onnx
-from surgeon_plugins.onnx_tf_compat import data_type_tables
-from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, check_servable, to_saved_model
+from surgeon_plugins.converters.onnx_tf.compat import data_type_tables
+from surgeon_plugins.converters.onnx_tf import OnnxTfOptions, check_servable, to_saved_model
 
 TENSORFLOW = importlib.metadata.version("tensorflow")
 # ONNX types TensorFlow has (the rest, float8, 4- and 2-bit types, have no TensorFlow dtype to cast to)
@@ -78,7 +78,7 @@ def convert_and_serve(models: dict[str, tuple[onnx.ModelProto, list[np.ndarray]]
         try:
             model = apply_pass("opset_compat", model)
             to_saved_model(model, OnnxTfOptions(), target)
-            check_servable(target, model, plugins=[])
+            check_servable(target, model)
         except Exception as error:
             results[name] = f"conversion: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue
@@ -144,16 +144,16 @@ def test_importing_onnx_tf_leaves_no_stand_in_visible_to_the_rest_of_the_process
     child = textwrap.dedent("""
         import sys, onnx, onnx.helper
         before = (hasattr(onnx, "mapping"), hasattr(onnx.helper, "mapping"), sys.modules.get("onnx.mapping"))
-        from surgeon_plugins import onnx_tf_compat
-        from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+        from surgeon_plugins.converters.onnx_tf import compat
+        from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
         backend = imported_onnx_tf()
         from onnx_tf.common import data_type
         from onnx_tf.handlers.backend import hardmax, bernoulli
         after = (hasattr(onnx, "mapping"), hasattr(onnx.helper, "mapping"), sys.modules.get("onnx.mapping"))
         assert before == after, (before, after)
         assert data_type.mapping.__doc__.endswith("supplied by surgeon"), data_type.mapping
-        assert hardmax.tfa.seq2seq.hardmax is onnx_tf_compat.hardmax
-        assert bernoulli.tfd.Bernoulli is onnx_tf_compat.Bernoulli
+        assert hardmax.tfa.seq2seq.hardmax is compat.hardmax
+        assert bernoulli.tfd.Bernoulli is compat.Bernoulli
         for name in ("tensorflow_addons", "tensorflow_probability"):
             assert "surgeon" not in (getattr(sys.modules.get(name), "__doc__", "") or ""), name
         assert imported_onnx_tf() is backend
@@ -169,6 +169,7 @@ def test_importing_onnx_tf_leaves_no_stand_in_visible_to_the_rest_of_the_process
 REPLACED = ("hardmax", "gemm", "flatten", "hardsigmoid", "thresholdedrelu", "cast_")
 
 
+@pytest.mark.tf
 def test_every_backend_node_case_of_a_replaced_piece_serves_the_expected_outputs(tmp_path):
     """Hardmax (tensorflow_addons), Gemm and Flatten (Keras layers), HardSigmoid (Keras' hard_sigmoid),
     ThresholdedRelu, and Cast (the data-type tables), each converted and served from a fresh process."""
@@ -181,6 +182,7 @@ def test_every_backend_node_case_of_a_replaced_piece_serves_the_expected_outputs
     assert not wrong, "\n".join(f"{name}: {why}" for name, why in wrong.items())
 
 
+@pytest.mark.tf
 def test_bernoulli_draws_zeros_and_ones_at_the_given_probability(tmp_path):
     """onnx's Bernoulli cases hold random draws no other generator repeats: compare what can be compared.
 
@@ -250,6 +252,7 @@ def feed_for(model: onnx.ModelProto, batch: int, rng) -> list[np.ndarray]:
     return feed
 
 
+@pytest.mark.tf
 def test_small_models_of_the_replaced_pieces_serve_what_onnxruntime_computes(tmp_path):
     rng = np.random.default_rng(1)
     models = {name: model_from_text(text) for name, text in SMALL_MODELS.items()}
@@ -270,6 +273,7 @@ ONNX_TF_RECURRENT_LIMITS = {
 }
 
 
+@pytest.mark.tf
 def test_the_recurrent_backend_node_cases_serve_the_expected_outputs(tmp_path):
     """onnx-tf's LSTM, GRU and RNN handlers build Keras 2's cells, which Keras 3 refuses: the layer hands them
     TensorFlow's own copy. (GRU cases with linear_before_reset=1 are gru_fix's: onnx-tf refuses those.)"""

@@ -1,5 +1,5 @@
 """opset_compat on tiny graphs: every adapter and decomposition keeps the model's meaning on onnxruntime and
-leaves nodes onnx-tf converts; what it cannot fix is named; the detector and ``explain_unsupported`` read the
+leaves nodes onnx-tf converts; what it cannot fix is named; the detector and the converter's check read the
 model without TensorFlow."""
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from surgeon import PluginError
 from surgeon.onnx_io import opset_of
 from surgeon.testing import (apply_pass, apply_pass_with_record, assert_idempotent, assert_same_outputs,
                              model_from_text, run_onnx)
-from surgeon_plugins import opset_compat
-from surgeon_plugins.onnx_tf_support import handlers, since_version
+from surgeon_plugins.passes import opset_compat
+from surgeon_plugins.passes.opset_compat.adapt import STEPS
+from surgeon_plugins.passes.opset_compat.decompose import DECOMPOSITIONS
+from surgeon_plugins.passes.opset_compat.schemas import schema_versions
+from surgeon_plugins.converters.onnx_tf.support import handlers, since_version, unconvertible
 
 BATCHES = (1, 3, 8)
 
@@ -35,7 +38,7 @@ def fitted(text: str, atol: float = 1e-5, rtol: float = 1e-4, **options) -> onnx
     rewritten = apply_pass("opset_compat", model, **options)
     assert_same_outputs(model, rewritten, BATCHES, atol=atol, rtol=rtol)
     assert_idempotent("opset_compat", model, **options)
-    assert opset_compat.explain_unsupported(rewritten) is None, opset_compat.explain_unsupported(rewritten)
+    assert unconvertible(rewritten) == [], unconvertible(rewritten)
     return rewritten
 
 
@@ -51,6 +54,11 @@ def findings(model: onnx.ModelProto) -> list[surgeon.Finding]:
     return opset_compat.detect(gs.import_onnx(model), opset_compat.OpsetCompatOptions())
 
 
+def explained(model: onnx.ModelProto) -> str:
+    """What the detector says about ``model``, as ``surgeon inspect`` lists it."""
+    return "\n".join(f"{finding.where}: {finding.message}" for finding in findings(model))
+
+
 def left_and_named(text: str) -> str:
     """The one finding about a model opset_compat leaves as it is."""
     model = model_from_text(text)
@@ -63,7 +71,7 @@ def left_and_named(text: str) -> str:
 def test_handler_table_is_read_from_onnx_tf_without_tensorflow():
     script = """
 import sys, json
-from surgeon_plugins.onnx_tf_support import handlers
+from surgeon_plugins.converters.onnx_tf.support import handlers
 table = handlers()
 print(json.dumps({"version": table.version, "squeeze": sorted(table.versions["Squeeze"]),
                   "has_layernorm": "LayerNormalization" in table.versions,
@@ -83,9 +91,9 @@ def test_squeeze_and_unsqueeze_13_take_their_axes_as_attributes_at_opset_12():
         u = Unsqueeze(r, axes)
         y = Unsqueeze(u, last)
     }"""
-    explanation = opset_compat.explain_unsupported(model_from_text(text))
+    explanation = explained(model_from_text(text))
     assert "Squeeze-13 (1 node" in explanation and "opset_compat: Squeeze-11 (axes input -> attribute)" in explanation
-    assert "Unsqueeze-13 (2 nodes" in explanation and "add opset_compat to --plugins" in explanation
+    assert "Unsqueeze-13 (2 nodes" in explanation
     rewritten = fitted(text)
     assert opset_of(rewritten) == 12
     assert [attrs(n)["axes"] for n in nodes(rewritten, "Unsqueeze")] == [[1], [-1]]
@@ -100,8 +108,7 @@ def test_axes_computed_at_run_time_are_left_and_named():
     (finding,) = findings(model)
     assert finding.where.startswith("Squeeze-13 (1 node")
     assert "opset_compat cannot fix it" in finding.message and "computed at run time" in finding.message
-    assert "cannot fix it" in opset_compat.explain_unsupported(model)
-    assert "add opset_compat" not in opset_compat.explain_unsupported(model)
+    assert not finding.fixable and finding.nodes == ()
 
 
 def test_reductions_take_axes_as_attributes_and_a_no_op_reduction_becomes_identity():
@@ -165,8 +172,8 @@ def test_an_opset_that_would_change_a_node_beyond_repair_is_ruled_out_and_named(
     rewritten, record = apply_pass_with_record("opset_compat", model)
     assert not record.changed and opset_of(rewritten) == 13
     (finding,) = findings(model)
-    assert "it would convert at opset 12, but node Softmax -> 'a' (Softmax-13) cannot be brought to opset 12: " \
-           "Softmax-11: axis=1 on an input of unknown rank" in finding.message
+    assert ("it would convert at opset 12, but the Softmax node making 'a', Softmax-13, cannot be brought to "
+            "opset 12: Softmax-11: axis=1 on an input of unknown rank") in finding.message
 
 
 def test_types_an_older_version_does_not_take_rule_its_opset_out():
@@ -369,24 +376,26 @@ def test_operators_without_any_handler_stay_and_the_rest_is_fitted():
     }""")
     rewritten, record = apply_pass_with_record("opset_compat", model)
     assert opset_of(rewritten) == 12 and record.details["left"] == [
-        "node Unique -> 'u' (Unique-11): opset_compat knows no decomposition of Unique"]
-    explanation = opset_compat.explain_unsupported(rewritten)
-    assert "Unique-11 (1 node: Unique -> 'u'): onnx-tf 1.10.0 has no handler for Unique; opset_compat cannot fix" \
+        "the Unique node making 'u', Unique-11: opset_compat knows no decomposition of Unique"]
+    explanation = explained(rewritten)
+    assert ("Unique-11 (1 node: the Unique node making 'u'): onnx-tf 1.10.0 has no handler for Unique; "
+            "opset_compat cannot fix") \
            in explanation
 
 
 def test_nodes_of_other_domains_are_named():
     model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 13, "com.example" : 1]>
     g (float[N, 4] x) => (float[N, 4] y) { y = com.example.Fancy(x) }""")
-    explanation = opset_compat.explain_unsupported(model)
-    assert "com.example.Fancy (1 node: Fancy -> 'y'): onnx-tf has no handlers for the domain 'com.example'" \
+    explanation = explained(model)
+    assert ("com.example.Fancy (1 node: the Fancy node making 'y'): onnx-tf has no handlers for the domain "
+            "'com.example'") \
            in explanation
 
 
 def test_a_model_onnx_tf_converts_is_left_alone():
     model = model_from_text(header(13) + "g (float[N, 4] x) => (float[N, 4] y) { y = Relu(x) }")
     _, record = apply_pass_with_record("opset_compat", model)
-    assert not record.changed and findings(model) == [] and opset_compat.explain_unsupported(model) is None
+    assert not record.changed and findings(model) == [] and unconvertible(model) == []
 
 
 def test_the_opset_option_lowers_further_or_says_why_not():
@@ -395,14 +404,14 @@ def test_the_opset_option_lowers_further_or_says_why_not():
     runtime_axes = model_from_text(header(14) + """
     g (float[N, 1, 4] x, int64[1] axes) => (float[N, 4] y) { y = Squeeze(x, axes) }""")
     with pytest.raises(PluginError, match="opset_compat.opset: the model cannot be brought to opset 12 or below: "
-                                          "node Squeeze -> 'y' .* its axes .* are computed at run time"):
+                                          "the Squeeze node making 'y', .* its axes .* are computed at run time"):
         apply_pass("opset_compat", runtime_axes, opset=12)
 
 
 def test_every_step_the_table_names_exists_in_onnx():
-    for (op, version) in opset_compat.STEPS:
-        assert version in opset_compat.schema_versions(op), (op, version)
-    for op, decomposition in opset_compat.DECOMPOSITIONS.items():
+    for (op, version) in STEPS:
+        assert version in schema_versions(op), (op, version)
+    for op, decomposition in DECOMPOSITIONS.items():
         assert all(primitive in handlers().versions for primitive in decomposition.primitives), op
     assert since_version("Squeeze", 14) == 13
 
@@ -423,10 +432,10 @@ print(json.dumps({{"found": found, "tensorflow": "tensorflow" in sys.modules}}))
                                        check=True).stdout.splitlines()[-1])
     assert not result["tensorflow"]
     wheres = [f["where"] for f in result["found"]]
-    assert wheres[:2] == ["Squeeze-13 (1 node: Squeeze -> 'z')", "LayerNormalization-17 (1 node: "
-                                                                     "LayerNormalization -> 'y')"]
-    assert result["found"][2] == {"plugin": "opset_compat", "where": "opset 17",
-                                  "message": "opset_compat lowers the model to opset 12"}
+    assert wheres[:2] == ["Squeeze-13 (1 node: the Squeeze node making 'z')",
+                          "LayerNormalization-17 (1 node: the LayerNormalization node making 'y')"]
+    assert (result["found"][2]["where"], result["found"][2]["message"]) == (
+        "opset 17", "opset_compat lowers the model to opset 12")
 
 
 @pytest.mark.parametrize("upper, diagonal, dtype", [(0, 0, "float"), (1, 1, "float"), (0, -1, "bool")])

@@ -27,9 +27,11 @@ import pytest
 import surgeon
 from surgeon import RewritePass
 from surgeon.testing import BackendCase, apply_pass, backend_node_cases, run_onnx
-from surgeon_plugins import opset_compat
-from surgeon_plugins.onnx_tf_compat import imported_onnx_tf, mended_handlers
-from surgeon_plugins.onnx_tf_support import handlers
+from surgeon_plugins.passes import opset_compat
+from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf, mended_handlers
+from surgeon_plugins.converters.onnx_tf.support import handlers, unconvertible
+
+pytestmark = pytest.mark.tf  # every test here converts with TensorFlow
 
 TRANSFORMER = '''
 import torch
@@ -88,8 +90,9 @@ def test_a_transformer_exported_at_opset_14_17_or_20_serves_what_pytorch_compute
     export = tmp_path / "export.onnx"
     torch.onnx.export(namespace["tiny_transformer"]().eval(), (torch.randn(1, 6, 8),), str(export), dynamo=False,
                       opset_version=opset)
-    explanation = opset_compat.explain_unsupported(onnx.load(str(export)))
-    assert "Squeeze-13" in explanation and "add opset_compat to --plugins" in explanation
+    findings = opset_compat.detect(gs.import_onnx(onnx.load(str(export))), opset_compat.OpsetCompatOptions())
+    explanation = "\n".join(f"{finding.where}: {finding.message}" for finding in findings)
+    assert "Squeeze-13" in explanation and all(finding.fixable for finding in findings)
     assert ("LayerNormalization-17" in explanation) == (opset >= 17)
     assert ("Gelu-20" in explanation) == (opset >= 20)
 
@@ -104,7 +107,7 @@ def test_a_transformer_exported_at_opset_14_17_or_20_serves_what_pytorch_compute
     served = [row for row in report["parity"] if row["stage"] == "saved_model"]
     assert {row["batch"] for row in served} == {1, 3, 8}
     assert all(row["ok"] for row in report["parity"]), [row for row in report["parity"] if not row["ok"]]
-    assert opset_compat.explain_unsupported(onnx.load(str(tmp_path / "out" / "model.onnx"))) is None
+    assert unconvertible(onnx.load(str(tmp_path / "out" / "model.onnx"))) == []
 
 
 def test_the_table_read_as_text_is_the_handlers_own():

@@ -48,6 +48,7 @@ def test_finite_values_beside_nan_are_still_compared():
     assert verdict([NAN, 1.0], [NAN, 1.0 + 1e-7])["ok"]
 
 
+@pytest.mark.tf
 def test_a_model_that_computes_nan_and_inf_serves_and_verifies_without_warnings(tmp_path):
     """Sqrt of negative inputs is NaN, a division by zero Inf: onnxruntime and TensorFlow agree, sample by sample."""
     path = tmp_path / "special.onnx"
@@ -75,10 +76,11 @@ def test_the_hint_names_dynamic_batch_only_where_it_can_help():
     from surgeon.verify import failure_hint
 
     baked = [row(1, "vs reference", True), row(3, "vs reference", False), row(3, "per-sample", False)]
-    assert "--plugins dynamic_batch makes it dynamic" in failure_hint(baked, baked[1], [])
-    assert "dynamic_batch ran" in failure_hint(baked, baked[1], ["dynamic_batch"])
+    assert "--plugins dynamic_batch makes it dynamic" in failure_hint(baked, baked[1], [], ["dynamic_batch"])
+    assert "no installed pass makes a batch dynamic" in failure_hint(baked, baked[1], [], [])
+    assert "dynamic_batch ran" in failure_hint(baked, baked[1], ["dynamic_batch"], [])
     numerical = [row(1, "vs reference", True), row(3, "vs reference", False), row(3, "per-sample", True)]
-    hint = failure_hint(numerical, numerical[1], ["dynamic_batch"])
+    hint = failure_hint(numerical, numerical[1], ["dynamic_batch"], [])
     assert "no sample is mixed" in hint and "--atol" in hint and "dynamic_batch makes" not in hint
     at_one = [row(1, "vs reference", False)]
-    assert failure_hint(at_one, at_one[0], []) == "nothing was written; --no-verify skips this check"
+    assert failure_hint(at_one, at_one[0], [], ["dynamic_batch"]) == "nothing was written; --no-verify skips this check"

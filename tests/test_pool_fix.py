@@ -244,8 +244,8 @@ def test_report_names_each_rewritten_node_with_its_reason():
     """)
     model.graph.node[1].name = "avg"
     rewritten, record = apply_pass_with_record("pool_fix", model)
-    assert list(record.details["rewritten"]) == ["avg"]
-    assert "PyFunc" in record.details["rewritten"]["avg"]
+    assert list(record.details["rewritten"]) == ["node 'avg' (AveragePool)"]
+    assert "PyFunc" in record.details["rewritten"]["node 'avg' (AveragePool)"]
     assert ops(rewritten) == ["MaxPool", "Pad", "AveragePool", "Mul"]
     assert [o.name for o in rewritten.graph.output] == ["y"]
     assert_same_outputs(model, rewritten, batch_sizes=[1, 3, 8])

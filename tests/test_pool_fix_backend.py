@@ -32,6 +32,8 @@ from onnx import TensorProto, helper
 import surgeon
 from surgeon.testing import apply_pass, backend_node_cases, find_pass, run_onnx
 
+pytestmark = pytest.mark.tf  # every test here converts with TensorFlow
+
 ONNX_TF_OPSET = 13
 BATCHES = (1, 3, 8)
 # fails with and without pool_fix, for a reason that has nothing to do with padding
@@ -83,7 +85,7 @@ def convert_and_serve(models: dict[str, tuple[onnx.ModelProto, list[dict]]], roo
     ``models`` maps a name to (model, [{"in": [arrays], "out": [arrays]} per batch]).
     """
     from surgeon.saved_model_info import pyfunc_calls, read_meta_graph
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
     prepare = imported_onnx_tf().prepare
 
@@ -332,7 +334,7 @@ def random_pools(count: int, seed: int) -> list[dict]:
 def onnx_tf_verdict(model: onnx.ModelProto, x: np.ndarray, expected: np.ndarray) -> str:
     """What onnx-tf's exported function (the serving signature's) does with ``model``: 'ok', 'PyFunc' or 'wrong'."""
     import tensorflow as tf
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
     rep = imported_onnx_tf().prepare(model)
     rep.tf_module.is_export = True

@@ -131,7 +131,7 @@ def test_a_full_disk_gives_one_clean_error_and_no_output(wide_path, tmp_path, fo
 @pytest.mark.parametrize("attribute", ["strides", "kernel_shape"])
 def test_a_zero_that_would_crash_onnx_shape_inference_is_refused(tmp_path, cli, attribute):
     """Found by fuzzing: onnx 1.18's shape inference dies of SIGFPE on a pooling stride of 0."""
-    from surgeon.testing import small_cnn
+    from surgeon.fuzzing import small_cnn
 
     model = small_cnn()
     pool = next(node for node in model.graph.node if node.op_type == "AveragePool")
@@ -146,7 +146,7 @@ def test_a_zero_that_would_crash_onnx_shape_inference_is_refused(tmp_path, cli, 
 
 def test_a_pass_that_leaves_a_zero_stride_is_named_not_fatal(tmp_path, write_plugin):
     import surgeon
-    from surgeon.testing import small_cnn
+    from surgeon.fuzzing import small_cnn
 
     plugin = write_plugin("zero", """
         from surgeon import RewritePass, hookimpl
@@ -167,7 +167,7 @@ def test_a_pass_that_leaves_a_zero_stride_is_named_not_fatal(tmp_path, write_plu
 
 def test_a_name_that_is_not_utf8_gets_one_message(tmp_path, cli):
     """Found by fuzzing: protobuf decodes strings late, so a bad dim name crashed a detector."""
-    from surgeon.testing import small_cnn
+    from surgeon.fuzzing import small_cnn
 
     data = small_cnn().SerializeToString()
     assert data.count(b"\x12\x01N") == 2  # dim_param "N" of the input and the output

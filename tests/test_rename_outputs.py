@@ -32,14 +32,14 @@ def names(model):
 @pytest.mark.parametrize("name", ["add_17", "Gemm_3", "/fc/Gemm_output_0", "436", "input.1", "onnx::Conv_0",
                                   "x:0", "", "_private", "has space"])
 def test_generated_or_invalid_names(name):
-    from surgeon_plugins.rename_outputs import is_good
+    from surgeon_plugins.passes.rename_outputs import is_good
 
     assert not is_good(name)
 
 
 @pytest.mark.parametrize("name", ["logits", "images", "output_0", "result", "input", "CT_scan3d"])
 def test_good_names(name):
-    from surgeon_plugins.rename_outputs import is_good
+    from surgeon_plugins.passes.rename_outputs import is_good
 
     assert is_good(name)
 

@@ -40,7 +40,7 @@ ceil_pool (float[N, 1, 7, 7] x) => (float[N, 1, 4, 4] y)
 @pytest.fixture(scope="module")
 def saved_models(tmp_path_factory):
     """SCORER and CEIL_POOL converted by the real onnx_tf converter: name -> folder."""
-    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, to_saved_model
+    from surgeon_plugins.converters.onnx_tf import OnnxTfOptions, to_saved_model
 
     folders = {}
     for name, text in (("scorer", SCORER), ("ceil_pool", CEIL_POOL)):
@@ -49,6 +49,7 @@ def saved_models(tmp_path_factory):
     return folders
 
 
+@pytest.mark.tf
 def test_signature_names_dtypes_and_shapes(saved_models):
     info = describe(saved_models["scorer"])
     assert info["tags"] == ["serve"]
@@ -62,6 +63,7 @@ def test_signature_names_dtypes_and_shapes(saved_models):
     assert list(info["signatures"]) == ["serving_default"]
 
 
+@pytest.mark.tf
 def test_ops_are_those_the_serving_signature_runs(saved_models):
     info = describe(saved_models["scorer"])
     assert {"MatMul", "ArgMax", "Cast", "AddV2"} <= set(info["ops"])
@@ -71,6 +73,7 @@ def test_ops_are_those_the_serving_signature_runs(saved_models):
     assert info["bytes"]["saved_model.pb"] > 0
 
 
+@pytest.mark.tf
 def test_python_callbacks_are_found_in_the_function_library(saved_models):
     info = describe(saved_models["ceil_pool"])
     assert info["pyfuncs"]
@@ -81,6 +84,7 @@ def test_python_callbacks_are_found_in_the_function_library(saved_models):
     assert info["ops"]["PyFunc"] == 1
 
 
+@pytest.mark.tf
 def test_text_for_surgeon_inspect(saved_models):
     scorer = format_description(describe(saved_models["scorer"])).splitlines()
     assert scorer[0].startswith(f"{saved_models['scorer']}: SavedModel, tags serve; TensorFlow {TENSORFLOW};")
@@ -109,6 +113,7 @@ def test_text_for_surgeon_inspect(saved_models):
     assert "PyFunc  token pyfunc_" in ceil_pool
 
 
+@pytest.mark.tf
 def test_surgeon_inspect_reads_a_saved_model_without_importing_tensorflow(saved_models):
     check = ("import sys; from surgeon.cli import main; code = main(['inspect', sys.argv[1]]); "
              "assert 'tensorflow' not in sys.modules and 'torch' not in sys.modules; sys.exit(code)")

@@ -57,7 +57,7 @@ hardmax (float[N, 4, 5] x) => (float[N, 4, 5] y) { y = Hardmax <axis = 1> (x) }
 
 def convert(text: str, target):
     """The model, converted by the real onnx_tf converter plugin into ``target``."""
-    from surgeon_plugins.onnx_tf_converter import OnnxTfOptions, to_saved_model
+    from surgeon_plugins.converters.onnx_tf import OnnxTfOptions, to_saved_model
 
     model = model_from_text(text)
     to_saved_model(model, OnnxTfOptions(), target)
@@ -80,6 +80,7 @@ def feed(batch: int, seed: int = 0, size: int = 5) -> list[np.ndarray]:
     return [np.random.default_rng(seed).standard_normal((batch, 1, size, size)).astype(np.float32)]
 
 
+@pytest.mark.tf
 def test_every_feed_runs_in_one_fresh_process_and_matches_onnxruntime(native):
     model, path = native
     feeds = [feed(1), feed(3, seed=1), feed(2, seed=2)]
@@ -90,12 +91,14 @@ def test_every_feed_runs_in_one_fresh_process_and_matches_onnxruntime(native):
             np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tf
 def test_outputs_come_back_in_the_order_asked(native):
     model, path = native
     (swapped,) = run_in_fresh_process(path, [feed(2)], ["x"], ["s", "y"])
     assert [array.shape for array in swapped] == [(2, 2), (2, 2, 5, 5)]
 
 
+@pytest.mark.tf
 def test_a_feed_the_signature_refuses_fails_alone(native):
     _, path = native
     good, bad, good_again = run_in_fresh_process(path, [feed(1), feed(1, size=6), feed(2)], ["x"], ["s"])
@@ -103,6 +106,7 @@ def test_a_feed_the_signature_refuses_fails_alone(native):
     assert good[0].shape == (1, 2) and good_again[0].shape == (2, 2)
 
 
+@pytest.mark.tf
 def test_a_pyfunc_runs_in_the_converting_process_but_in_no_fresh_one(pyfunc):
     import tensorflow as tf
 
@@ -114,6 +118,7 @@ def test_a_pyfunc_runs_in_the_converting_process_but_in_no_fresh_one(pyfunc):
     assert isinstance(elsewhere, str) and "Could not find callback with key=pyfunc_" in elsewhere
 
 
+@pytest.mark.tf
 def test_a_recurrent_model_serves_with_its_variables(tmp_path):
     model = convert(RECURRENT, tmp_path / "saved_model")
     x = np.random.default_rng(3).standard_normal((3, 2, 2)).astype(np.float32)
@@ -121,6 +126,7 @@ def test_a_recurrent_model_serves_with_its_variables(tmp_path):
     np.testing.assert_allclose(got[0], run_onnx(model, [x])[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tf
 def test_stacked_recurrent_layers_each_run_with_their_own_weights(tmp_path):
     model = convert(STACKED, tmp_path / "saved_model")
     x = np.random.default_rng(5).standard_normal((3, 2, 2)).astype(np.float32)
@@ -128,6 +134,7 @@ def test_stacked_recurrent_layers_each_run_with_their_own_weights(tmp_path):
     np.testing.assert_allclose(got[0], run_onnx(model, [x])[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tf
 def test_a_handler_that_needs_autograph_is_traced_with_it(tmp_path, caplog):
     with caplog.at_level("DEBUG", logger="surgeon"):
         model = convert(HARDMAX, tmp_path / "saved_model")
@@ -137,6 +144,7 @@ def test_a_handler_that_needs_autograph_is_traced_with_it(tmp_path, caplog):
     np.testing.assert_array_equal(got[0], run_onnx(model, [x])[0])
 
 
+@pytest.mark.tf
 def test_names_the_signature_lacks_are_a_clear_error(native):
     _, path = native
     with pytest.raises(SurgeonError, match="the signature has no tensor 'images'"):
@@ -148,6 +156,7 @@ def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
         run_in_fresh_process(tmp_path, [feed(1)], ["x"], ["s"])
 
 
+@pytest.mark.tf
 def test_a_second_recurrent_conversion_in_the_same_process_works(tmp_path):
     """onnx-tf caches its first RNN cell on the handler class; the converter must forget it (notebooks convert twice)."""
     import surgeon
@@ -159,6 +168,7 @@ def test_a_second_recurrent_conversion_in_the_same_process_works(tmp_path):
         assert all(row["ok"] for row in report["parity"])
 
 
+@pytest.mark.tf
 def test_modules_in_the_working_folder_do_not_shadow_the_servers(native, tmp_path, monkeypatch):
     """``python -m`` puts the working folder first on the module path: the child must not run there."""
     model, target = native

@@ -3,7 +3,8 @@
 import onnx_graphsurgeon as gs
 
 from surgeon.shapes import inferred_types
-from surgeon.testing import model_from_text, small_cnn
+from surgeon.testing import model_from_text
+from surgeon.fuzzing import small_cnn
 
 NO_SHAPES = """
 <ir_version: 8, opset_import: ["" : 13]>

@@ -74,6 +74,7 @@ def test_serve_with_the_same_tensorflow_or_newer():
     assert stack.serve_with("") is None
 
 
+@pytest.mark.tf
 def test_report_json_carries_the_stack(run_output):
     report = json.loads((run_output / "report.json").read_text())
     assert report["stack"] == stack.installed_versions()
@@ -83,6 +84,7 @@ def test_report_json_carries_the_stack(run_output):
     assert served and all(row["ok"] for row in served)
 
 
+@pytest.mark.tf
 def test_every_saved_model_of_the_run_carries_the_record(run_output):
     copies = [run_output / "saved_model", run_output / "triton" / "tiny" / "1" / "model.savedmodel"]
     for folder in copies:
@@ -92,6 +94,7 @@ def test_every_saved_model_of_the_run_carries_the_record(run_output):
     assert not (run_output / "triton" / "tiny_onnx" / "1" / "assets.extra").exists()
 
 
+@pytest.mark.tf
 def test_inspect_prints_the_stack_and_what_serves_it(run_output):
     info = describe(run_output / "saved_model")
     assert info["tensorflow"] == installed("tensorflow")
@@ -108,6 +111,7 @@ def test_inspect_prints_the_stack_and_what_serves_it(run_output):
     assert lines[2] == f"serve with: TensorFlow >= {minor} (TF Serving {minor} or newer)"
 
 
+@pytest.mark.tf
 def test_surgeon_inspect_prints_the_stack_without_importing_tensorflow(run_output):
     check = ("import sys; from surgeon.cli import main; code = main(['inspect', sys.argv[1]]); "
              f"{NO_HEAVY_IMPORTS}; sys.exit(code)")
@@ -118,6 +122,7 @@ def test_surgeon_inspect_prints_the_stack_without_importing_tensorflow(run_outpu
     assert "serve with: TensorFlow >= " in result.stdout
 
 
+@pytest.mark.tf
 def test_surgeon_inspect_json_carries_the_stack(run_output, tmp_path):
     copy = tmp_path / "elsewhere"  # a SavedModel copied away from its report.json
     subprocess.run(["cp", "-r", str(run_output / "saved_model"), str(copy)], check=True)

@@ -29,7 +29,7 @@ from surgeon.saved_model_info import describe, format_description, read_meta_gra
 from surgeon.serving import run_in_fresh_process
 from surgeon.stack import minor_version
 from surgeon.verify import random_feed
-from surgeon_plugins.tf_serving import TfServingOptions, prediction_log
+from surgeon_plugins.writers.tf_serving import TfServingOptions, prediction_log
 
 TENSORFLOW = metadata.version("tensorflow")
 WARMUP = ("assets.extra", "tf_serving_warmup_requests")
@@ -89,6 +89,7 @@ def first_run(two_path, base, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.tf
 def test_layout_and_a_fresh_base(first_run, base):
     out, report = first_run
     root = out / "tf_serving"
@@ -110,6 +111,7 @@ def test_layout_and_a_fresh_base(first_run, base):
     assert written["tf_serving_warmup"] == {"file": "assets.extra/tf_serving_warmup_requests", "batch_sizes": [1, 2]}
 
 
+@pytest.mark.tf
 def test_models_config_parses_as_a_model_server_config(first_run):
     out, _ = first_run
     *_, model_server_config_pb2 = serving_apis()
@@ -121,6 +123,7 @@ def test_models_config_parses_as_a_model_server_config(first_run):
     assert entry.base_path == "/models/two" and (out / "tf_serving" / "two").is_dir()
 
 
+@pytest.mark.tf
 def test_warmup_records_parse_with_tf_serving_protos_and_replay_through_the_signature(first_run, tmp_path):
     out, _ = first_run
     prediction_log_pb2, *_ = serving_apis()
@@ -166,6 +169,7 @@ def test_warmup_records_parse_with_tf_serving_protos_and_replay_through_the_sign
     {"pixels": np.zeros((1, 3, 4), np.float32), "ids": np.arange(2, dtype=np.int64)[None]},
     {"b": np.array([True, False]), "a": np.array(3.5, np.float64), "é": np.array([b"x", b""], dtype=object)},
 ], ids=["two-inputs", "scalar-bool-string-unicode-name"])
+@pytest.mark.tf
 def test_records_are_the_bytes_tensorflow_serving_api_writes(inputs):
     prediction_log_pb2, predict_pb2, model_pb2, _ = serving_apis()
     import tensorflow as tf
@@ -181,6 +185,7 @@ def test_records_are_the_bytes_tensorflow_serving_api_writes(inputs):
     assert prediction_log_pb2.PredictionLog.FromString(written) == expected
 
 
+@pytest.mark.tf
 def test_the_run_ends_with_where_the_servable_is_and_how_to_serve_it(first_run, two_path, base, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="surgeon")
     out = tmp_path / "out"
@@ -217,6 +222,7 @@ def test_the_run_ends_with_where_the_servable_is_and_how_to_serve_it(first_run, 
     assert printed[-2].startswith('example request to TF Serving\'s REST API (model two, "instances" form, batch 1')
 
 
+@pytest.mark.tf
 def test_warmup_false_writes_none_and_an_explicit_version_is_used(two_path, tmp_path):
     out = tmp_path / "out"
     report = surgeon.run(two_path, out, formats=["tf_serving"], verify=False,
@@ -231,8 +237,9 @@ def test_warmup_false_writes_none_and_an_explicit_version_is_used(two_path, tmp_
     assert 'name: "scorer"' in (out / "tf_serving" / "models.config").read_text()
 
 
+@pytest.mark.tf
 def test_existing_versions_are_kept_and_the_next_free_one_is_chosen(first_run, tmp_path):
-    from surgeon_plugins.tf_serving import publish_version
+    from surgeon_plugins.writers.tf_serving import publish_version
 
     out, _ = first_run
     version = out / "tf_serving" / "two" / "1"
@@ -260,6 +267,7 @@ def test_existing_versions_are_kept_and_the_next_free_one_is_chosen(first_run, t
     assert snapshot(base) == after
 
 
+@pytest.mark.tf
 def test_a_failed_run_publishes_nothing(two_path, base, tmp_path):
     before = snapshot(base)
     # every output is out of a negative tolerance: verification fails after tf_serving was written
@@ -271,6 +279,7 @@ def test_a_failed_run_publishes_nothing(two_path, base, tmp_path):
 
 
 @pytest.mark.parametrize("existing", [True, False], ids=["existing-base", "new-base"])
+@pytest.mark.tf
 def test_a_publish_that_fails_while_copying_leaves_the_base_as_it_was(first_run, tmp_path, existing):
     """The disk fills up mid-copy (a file-size limit makes the writes fail, as a full disk does)."""
     out, _ = first_run
@@ -283,7 +292,7 @@ def test_a_publish_that_fails_while_copying_leaves_the_base_as_it_was(first_run,
         import resource, signal, sys
         from pathlib import Path
         from surgeon import SurgeonError
-        from surgeon_plugins.tf_serving import publish_version
+        from surgeon_plugins.writers.tf_serving import publish_version
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
@@ -303,6 +312,7 @@ def test_a_publish_that_fails_while_copying_leaves_the_base_as_it_was(first_run,
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.tf
 def test_the_example_request_matches_the_signature(first_run, tmp_path):
     out, _ = first_run
     version = out / "tf_serving" / "two" / "1"

@@ -20,7 +20,7 @@ import surgeon
 from surgeon import SurgeonError, UsageError
 from surgeon import options as option_parsing
 from surgeon.testing import run_onnx
-from surgeon_plugins.torch_exporter import DEFAULT_OPSET, InputSpec, TorchOptions, accepts, parse_input_shape
+from surgeon_plugins.sources.torch import DEFAULT_OPSET, InputSpec, TorchOptions, accepts, parse_input_shape
 
 MODELS = '''
 import torch
@@ -63,9 +63,28 @@ class TwoInputs(nn.Module):
         return self.fc(torch.cat([self.conv(image).mean([2, 3]), pooled], 1)), pooled
 
 
+class LastPosition(nn.Module):
+    """Each sample's last position picked through the flattened batch, as HuggingFace text models pool and mask:
+    rows computed from the batch size, which no rewrite of a batch-1 export can make dynamic."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x):
+        n, steps, depth = x.shape
+        rows = torch.arange(n) * steps + (steps - 1)
+        return self.proj(x.reshape(n * steps, depth)[rows])
+
+
 def build(num_classes=3):
     torch.manual_seed(7)
     return Classifier(num_classes)
+
+
+def last_position():
+    torch.manual_seed(5)
+    return LastPosition()
 
 
 def two_inputs():
@@ -153,6 +172,44 @@ def test_the_default_opset_follows_opset_compat(tmp_path: Path, plugins: list[st
     assert report["export"]["opset"] == opset
 
 
+def test_a_pass_reaching_newer_opsets_raises_the_default_opset(write_plugin, tmp_path: Path) -> None:
+    """The source asks the run how far its passes reach, not whether one is called opset_compat."""
+    plugin = write_plugin("reach", """
+        from surgeon import RewritePass, hookimpl
+
+        @hookimpl
+        def surgeon_passes():
+            return [RewritePass(name="reach_15", doc="takes opsets up to 15", run=lambda graph, options: None,
+                                newest_opset=15)]
+    """)
+    report = surgeon.run("torch.nn:Linear", tmp_path / "out", plugins=["reach_15"], formats=["onnx"], verify=False,
+                         plugin_paths=[plugin],
+                         options={"torch": {"input_shapes": ["2,4"], "kwargs": {"in_features": 4, "out_features": 3}}})
+    assert report["export"]["opset"] == 15
+
+
+@pytest.mark.tf
+def test_a_batch_dynamic_batch_refuses_is_exported_dynamic_instead(models: Path, tmp_path: Path, caplog) -> None:
+    report = surgeon.run(f"{models}:last_position", tmp_path / "out", plugins=["dynamic_batch", "pool_fix"],
+                         formats=["onnx"], batch_sizes=[1, 3, 8], options={"torch": {"input_shapes": ["1,5,4"]}})
+    assert report["dynamic_batch_fallback"]["refused_by"] == "dynamic_batch"
+    assert "picks samples along the batch axis" in report["dynamic_batch_fallback"]["reason"]
+    assert report["export"]["dynamic_batch"] is True
+    assert [record["name"] for record in report["plugins"]] == ["pool_fix"]
+    assert all_ok(report) and {row["batch"] for row in report["parity"]} == {1, 3, 8}
+    assert "exporting again with a dynamic batch axis, without dynamic_batch" in caplog.text
+
+
+def test_an_onnx_file_whose_batch_dynamic_batch_refuses_is_still_refused(models: Path, tmp_path: Path) -> None:
+    """Only a source that can export again offers the dynamic export; a file stays as it is."""
+    surgeon.run(f"{models}:last_position", tmp_path / "export", formats=["onnx"], verify=False,
+                options={"torch": {"input_shapes": ["1,5,4"]}})
+    with pytest.raises(SurgeonError, match="picks samples along the batch axis"):
+        surgeon.run(tmp_path / "export" / "model.onnx", tmp_path / "out", plugins=["dynamic_batch"],
+                    formats=["onnx"], verify=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_file_factory_with_checkpoint_and_renamed_io(models: Path, tmp_path: Path) -> None:
     """Weights from a DataParallel training checkpoint; parity holds after inputs and outputs are renamed."""
     trained = import_models(models).build(num_classes=4)
@@ -218,7 +275,7 @@ def test_package_module_factory_from_the_command_line(cli, tmp_path: Path) -> No
 @pytest.mark.parametrize("spec, options, message", [
     ("{dir}/missing.py:build", {}, "missing.py: no such file"),
     ("{models}", {}, r"name a factory in .*models.py as .*models.py:NAME \(callables defined there: "
-                     r"Classifier, TwoInputs, build, two_inputs, not_a_model\)"),
+                     r"Classifier, TwoInputs, LastPosition, build, last_position, two_inputs, not_a_model\)"),
     ("{models}:nothing", {}, "name a factory in"),
     ("no_such_package.models:build", {}, "cannot import no_such_package.models"),
     ("{models}:build", {"kwargs": {"colour": 1}}, r"the factory failed with kwargs \{'colour': 1\} \(TypeError"),
@@ -230,6 +287,7 @@ def test_package_module_factory_from_the_command_line(cli, tmp_path: Path) -> No
     ("{models}:build", {"weights": "{dir}/none.pth"}, "checkpoint .*none.pth: no such file"),
     ("example:ct-scan", {}, "unknown example 'ct-scan'; bundled: ct-position"),
 ])
+@pytest.mark.tf
 def test_errors_name_what_is_wrong(models: Path, tmp_path: Path, spec: str, options: dict, message: str) -> None:
     values = {"input_shapes": ["1,3,8,8"], **options}
     values = {key: value.format(dir=tmp_path) if isinstance(value, str) else value for key, value in values.items()}
@@ -239,12 +297,13 @@ def test_errors_name_what_is_wrong(models: Path, tmp_path: Path, spec: str, opti
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.tf
 def test_default_opset_converts_with_onnx_tf(models: Path, tmp_path: Path) -> None:
     """Unsqueeze, max pooling and x.view(x.size(0), -1) convert at the default opset, batch fixed or dynamic.
 
     At opset 13 onnx-tf 1.10 has no Unsqueeze handler: that is why the default is 12.
     """
-    from surgeon_plugins.onnx_tf_compat import imported_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.compat import imported_onnx_tf
 
     prepare = imported_onnx_tf().prepare
     module = import_models(models).build().eval()
@@ -264,6 +323,7 @@ def test_default_opset_converts_with_onnx_tf(models: Path, tmp_path: Path) -> No
         prepare(onnx.load(str(tmp_path / "opset13" / "model.onnx"))).run({"x": image[:1]})
 
 
+@pytest.mark.tf
 def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_path: Path) -> None:
     """End to end: export with a dynamic batch, convert, and check the SavedModel in a fresh process."""
     report = surgeon.run(f"{models}:build", tmp_path / "out", batch_sizes=[1, 3],
@@ -312,6 +372,7 @@ def test_dynamo_without_onnxscript_says_what_to_install(models: Path, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.tf
 def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_exporter, models: Path, tmp_path: Path, caplog) -> None:
     """No opset_compat: torch cannot bring its opset 18 down to the default, and the log says what to add."""
     with caplog.at_level("WARNING", logger="surgeon"):
@@ -321,7 +382,7 @@ def test_dynamo_two_inputs_with_a_dynamic_batch_axis(dynamo_exporter, models: Pa
                                "dynamic_batch_export": True, "dynamo": True}})
     assert all_ok(report)
     assert report["export"]["opset"] == 18
-    assert f"wrote opset 18, not the {DEFAULT_OPSET} asked for; opset_compat brings" in caplog.text
+    assert f"wrote opset 18, not the {DEFAULT_OPSET} asked for; a pass that lowers opsets (opset_compat) brings" in caplog.text
     model = onnx.load(str(tmp_path / "out" / "model.onnx"))
     assert [i.name for i in model.graph.input] == ["image", "tokens"]
     assert [o.name for o in model.graph.output] == ["logits", "pooled"]
@@ -356,8 +417,10 @@ def test_what_torch_export_cannot_capture_is_explained(dynamo_exporter, tmp_path
 def test_accepting_and_listing_do_not_import_torch() -> None:
     code = textwrap.dedent("""
         import sys
-        from surgeon_plugins import checkpoints, examples, torch_exporter
-        [source] = torch_exporter.surgeon_sources()
+        from surgeon_plugins import examples
+        from surgeon_plugins.sources import torch as torch_source
+        from surgeon_plugins.sources.torch import checkpoints  # noqa: F401 (imported, not used: it must not pull torch)
+        [source] = torch_source.surgeon_sources()
         assert source.accepts("example:ct-position") and source.accepts("net.py:build")
         assert examples.get("ct-position").full_input_shape == (1, 1, 128, 128, 128)
         print(sorted(name for name in ("torch", "tensorflow") if name in sys.modules))

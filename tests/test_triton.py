@@ -14,7 +14,7 @@ import surgeon
 from surgeon.options import build
 from surgeon.saved_model_info import read_meta_graph, signatures
 from surgeon.testing import model_from_text
-from surgeon_plugins.triton import TritonOptions, config_text, perf_analyzer_command, serving_commands
+from surgeon_plugins.writers.triton import TritonOptions, config_text, perf_analyzer_command, serving_commands
 
 FIXED = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -63,6 +63,7 @@ def first_run(two_path, repository, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.tf
 def test_layout(first_run, repository):
     out, report = first_run
     triton = out / "triton"
@@ -76,6 +77,7 @@ def test_layout(first_run, repository):
     assert {row["stage"] for row in report["parity"]} == {"onnx", "saved_model"}
 
 
+@pytest.mark.tf
 def test_configs_parse_and_match_the_saved_model_signature_and_the_onnx_model(first_run):
     out, _ = first_run
     saved = parse(out / "triton" / "two" / "config.pbtxt")
@@ -103,6 +105,7 @@ def test_configs_parse_and_match_the_saved_model_signature_and_the_onnx_model(fi
         assert [(group.count, group.kind) for group in config.instance_group] == [(2, KIND.KIND_CPU)]
 
 
+@pytest.mark.tf
 def test_the_run_reports_how_to_serve_and_measure_the_onnx_entry(first_run, repository):
     out, report = first_run
     commands = report["triton_commands"]
@@ -127,6 +130,7 @@ def test_the_run_reports_how_to_serve_and_measure_the_onnx_entry(first_run, repo
     assert shapes == {"pixels": "3,4", "ids": "2"}
 
 
+@pytest.mark.tf
 def test_the_commands_are_the_last_lines_the_run_logs(two_path, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="surgeon")
     report = surgeon.run(two_path, tmp_path / "out", formats=["triton"], verify=False)
@@ -212,6 +216,7 @@ def test_a_triton_only_run_verifies_the_saved_model_of_its_entry_in_a_fresh_proc
     assert result.stdout.startswith(f"surgeon: wrote {out}")
 
 
+@pytest.mark.tf
 def test_publishing_twice_adds_version_2_and_leaves_version_1_untouched(first_run, two_path, repository, tmp_path):
     assert sorted(p.name for p in (repository / "two").iterdir()) == ["1", "config.pbtxt"]
     before = {p.relative_to(repository): p.read_bytes() for p in (repository / "two" / "1").rglob("*") if p.is_file()}
@@ -225,6 +230,7 @@ def test_publishing_twice_adds_version_2_and_leaves_version_1_untouched(first_ru
     assert not [p for p in repository.rglob(".surgeon-*")]
 
 
+@pytest.mark.tf
 def test_an_existing_version_is_never_overwritten(first_run, two_path, repository, tmp_path):
     with pytest.raises(surgeon.SurgeonError, match="exists; versions are never overwritten"):
         surgeon.run(two_path, tmp_path / "out", formats=["triton"], verify=False,
@@ -246,6 +252,7 @@ def _onnx_config_is_a_folder(repository):
     (_onnx_entry_is_a_file, "two_onnx is not a folder"),  # refused before anything is staged
     (_onnx_config_is_a_folder, "publishing failed: Is a directory"),  # fails after two/ was renamed into place
 ], ids=["file-for-folder", "folder-for-file"])
+@pytest.mark.tf
 def test_publishing_is_all_or_nothing_across_both_entries(two_path, tmp_path, break_onnx_entry, message,
                                                           existing_model):
     repository = tmp_path / "repository"
@@ -264,6 +271,7 @@ def test_publishing_is_all_or_nothing_across_both_entries(two_path, tmp_path, br
     assert (tmp_path / "out" / "triton" / "two_onnx" / "1" / "model.onnx").is_file()  # OUT itself is complete
 
 
+@pytest.mark.tf
 def test_a_fixed_batch_gives_max_batch_size_0_and_full_dims(tmp_path):
     path = tmp_path / "fixed.onnx"
     onnx.save(model_from_text(FIXED), str(path))
@@ -278,6 +286,6 @@ def test_a_fixed_batch_gives_max_batch_size_0_and_full_dims(tmp_path):
 @pytest.mark.parametrize(("source", "name"), [("m.onnx", "m"), ("dir/net.py:build", "build"),
                                               ("example:ct-position", "ct_position"), ("pkg.mod:make-net", "make_net")])
 def test_default_names(source, name):
-    from surgeon_plugins.triton import default_name
+    from surgeon_plugins.writers.triton import default_name
 
     assert default_name(source) == name

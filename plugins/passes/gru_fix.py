@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import Finding, RewritePass, hookimpl
-from surgeon.naming import FreshNames
+from surgeon import Finding, Hazard, RewritePass, hookimpl
+from surgeon.graph import Builder, Unfixable, constant_value, describe, is_empty, optional_input
 from surgeon.shapes import inferred_types
 
 log = logging.getLogger("surgeon")
@@ -69,21 +69,18 @@ class Gru:
         return self.weights.shape[0]
 
 
-class Unfixable(Exception):
-    """Why a GRU is left as it is."""
-
-
-def constant(node: gs.Node, index: int) -> Optional[np.ndarray]:
-    """The value of input ``index`` when it is an initializer; None when it is absent."""
-    if index >= len(node.inputs) or node.inputs[index].name == "":
+def constant_input(node: gs.Node, index: int) -> np.ndarray | None:
+    """The value of input ``index``, a constant; None when the node leaves it out."""
+    tensor = optional_input(node, index)
+    if tensor is None:
         return None
-    tensor = node.inputs[index]
-    if not isinstance(tensor, gs.Constant):
+    value = constant_value(tensor)
+    if value is None:
         raise Unfixable(f"its input {tensor.name!r} is computed at run time")
-    return np.asarray(tensor.values)
+    return value
 
 
-def read(node: gs.Node, dims: Optional[Sequence], max_steps: int) -> Gru:
+def read(node: gs.Node, dims: Sequence | None, max_steps: int) -> Gru:
     """The GRU ``node``, whose input has ``dims`` (None: unknown)."""
     attrs = node.attrs
     if attrs.get("clip") is not None:
@@ -91,7 +88,7 @@ def read(node: gs.Node, dims: Optional[Sequence], max_steps: int) -> Gru:
     activations = tuple(name.capitalize() for name in attrs.get("activations", []))
     if activations and set(zip(activations[::2], activations[1::2])) != {DEFAULT_ACTIVATIONS}:
         raise Unfixable(f"its activations {list(activations)} are not the default Sigmoid, Tanh")
-    if len(node.inputs) > 4 and node.inputs[4].name != "":
+    if optional_input(node, 4) is not None:
         raise Unfixable("it takes sequence_lens")
     batch_first = bool(attrs.get("layout", 0))
     steps = dims[int(batch_first)] if dims is not None and len(dims) == 3 else None
@@ -99,40 +96,23 @@ def read(node: gs.Node, dims: Optional[Sequence], max_steps: int) -> Gru:
         raise Unfixable("its sequence length is not known")
     if steps > max_steps:
         raise Unfixable(f"its sequence has {steps} steps, over max_steps={max_steps}")
-    weights, recurrence = constant(node, 1), constant(node, 2)
+    input_weights, recurrence = constant_input(node, 1), constant_input(node, 2)
     hidden = recurrence.shape[-1]
-    bias = constant(node, 3)
+    bias = constant_input(node, 3)
     if bias is None:
-        bias = np.zeros((weights.shape[0], 6 * hidden), weights.dtype)
+        bias = np.zeros((input_weights.shape[0], 6 * hidden), input_weights.dtype)
     return Gru(node=node, steps=steps, hidden=hidden, reverse_only=attrs.get("direction") == "reverse",
-               batch_first=batch_first, linear_before_reset=bool(attrs.get("linear_before_reset", 0)), weights=weights,
-               recurrence=recurrence, bias=bias)
-
-
-class Builder:
-    """Adds nodes named after the GRU they replace."""
-
-    def __init__(self, graph: gs.Graph, base: str) -> None:
-        self.graph, self.base, self.name = graph, base, FreshNames(graph)
-
-    def const(self, what: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.name(f"{self.base}/{what}"), np.ascontiguousarray(values))
-
-    def op(self, op: str, inputs: list[gs.Tensor], what: str, output: Optional[gs.Variable] = None,
-           **attrs) -> gs.Variable:
-        output = output if output is not None else gs.Variable(self.name(f"{self.base}/{what}"))
-        self.graph.nodes.append(gs.Node(op, self.name(f"{self.base}/{what}_node"), attrs, list(inputs), [output]))
-        return output
+               batch_first=batch_first, linear_before_reset=bool(attrs.get("linear_before_reset", 0)),
+               weights=input_weights, recurrence=recurrence, bias=bias)
 
 
 def unroll(graph: gs.Graph, gru: Gru) -> None:
     """Replace the GRU node by its recurrence written out step by step."""
     node = gru.node
-    build = Builder(graph, node.name or next(tensor.name for tensor in node.outputs if tensor.name))
+    build = Builder(graph, prefix=f"{node.name or next(tensor.name for tensor in node.outputs if tensor.name)}/")
     x = node.inputs[0]
-    initial = node.inputs[5] if len(node.inputs) > 5 and node.inputs[5].name != "" else None
-    y, y_h = (tensor if tensor is not None and tensor.name != "" else None
-              for tensor in [*node.outputs, None, None][:2])
+    initial = optional_input(node, 5)
+    y, y_h = (None if is_empty(tensor) else tensor for tensor in [*node.outputs, None, None][:2])
     node.inputs.clear()
     node.outputs.clear()
     graph.nodes.remove(node)
@@ -147,8 +127,8 @@ def unroll(graph: gs.Graph, gru: Gru) -> None:
     states = [unroll_direction(build, gru, direction, x, initial) for direction in range(gru.directions)]
     hidden = gru.hidden
     if y is not None:  # [steps, directions, batch, hidden]
-        to_rows = build.const("rows_shape", np.array([1, -1, hidden], np.int64))
-        to_step = build.const("step_shape", np.array([1, gru.directions, -1, hidden], np.int64))
+        to_rows = build.ints("rows_shape", [1, -1, hidden])
+        to_step = build.ints("step_shape", [1, gru.directions, -1, hidden])
         steps = []
         for t in range(gru.steps):
             at_t = [of_direction[t] for of_direction in states]
@@ -158,7 +138,7 @@ def unroll(graph: gs.Graph, gru: Gru) -> None:
             steps.append(build.op("Reshape", [at_t[0], to_step], f"t{t}/y"))
         build.op("Concat", steps, "y", output=y, axis=0)
     if y_h is not None:  # [directions, batch, hidden]: each direction's state after its last step
-        to_rows = build.const("last_shape", np.array([1, -1, hidden], np.int64))
+        to_rows = build.ints("last_shape", [1, -1, hidden])
         last = [of_direction[last_step(gru, d)] for d, of_direction in enumerate(states)]
         rows = [build.op("Reshape", [state, to_rows], f"d{d}/y_h") for d, state in enumerate(last)]
         build.op("Concat", rows, "y_h", output=y_h, axis=0)
@@ -166,7 +146,7 @@ def unroll(graph: gs.Graph, gru: Gru) -> None:
 
 def transposed_from(build: Builder, output: gs.Variable, what: str, perm: list[int]) -> gs.Variable:
     """A new tensor that becomes ``output`` through a Transpose by ``perm``."""
-    source = gs.Variable(build.name(f"{build.base}/{what}"))
+    source = gs.Variable(build.name(what))
     build.op("Transpose", [source], what, output=output, perm=perm)
     return source
 
@@ -177,7 +157,7 @@ def last_step(gru: Gru, direction: int) -> int:
 
 
 def unroll_direction(build: Builder, gru: Gru, direction: int, x: gs.Tensor,
-                     initial: Optional[gs.Tensor]) -> list[gs.Variable]:
+                     initial: gs.Tensor | None) -> list[gs.Variable]:
     """The hidden state after each time index, [batch, hidden] each, in time order."""
     tag, hidden = f"d{direction}", gru.hidden
     w, r, b = gru.weights[direction], gru.recurrence[direction], gru.bias[direction]
@@ -192,12 +172,12 @@ def unroll_direction(build: Builder, gru: Gru, direction: int, x: gs.Tensor,
     recurrent_h_bias = build.const(f"{tag}/Rbh", b[5 * hidden:])
     state = None
     if initial is not None:
-        state = build.op("Gather", [initial, build.const(f"{tag}/index", np.array(direction, np.int64))],
+        state = build.op("Gather", [initial, build.ints(f"{tag}/index", direction)],
                          f"{tag}/h0", axis=0)
     states: dict[int, gs.Variable] = {}
     reverse = gru.reverse_only or direction == 1
     for t in range(gru.steps - 1, -1, -1) if reverse else range(gru.steps):
-        at = build.const(f"{tag}/t{t}", np.array(t, np.int64))
+        at = build.ints(f"{tag}/t{t}", t)
         inputs = {gate: build.op("Gather", [projected[gate], at], f"{tag}/t{t}/x{gate}", axis=0) for gate in "zrh"}
         state = step(build, f"{tag}/t{t}", inputs, recurrent, recurrent_h_bias, state, gru.linear_before_reset)
         states[t] = state
@@ -205,7 +185,7 @@ def unroll_direction(build: Builder, gru: Gru, direction: int, x: gs.Tensor,
 
 
 def step(build: Builder, tag: str, x: dict[str, gs.Tensor], recurrent: dict[str, gs.Constant],
-         recurrent_h_bias: gs.Constant, state: Optional[gs.Tensor], linear_before_reset: bool) -> gs.Variable:
+         recurrent_h_bias: gs.Constant, state: gs.Tensor | None, linear_before_reset: bool) -> gs.Variable:
     """H_t = (1 - z) * h~ + z * H_{t-1} from the gates' input projections at t; H_{t-1} None means 0."""
     def gate(name: str) -> gs.Variable:
         total = x[name] if state is None else build.op(
@@ -235,7 +215,7 @@ def is_hazard(node: gs.Node) -> bool:
     return node.op == "GRU" and bool(node.attrs.get("linear_before_reset", 0))
 
 
-def plan(graph: gs.Graph, options: GruFixOptions) -> list[tuple[gs.Node, Optional[Gru], Optional[str]]]:
+def plan(graph: gs.Graph, options: GruFixOptions) -> list[tuple[gs.Node, Gru | None, str | None]]:
     """(node, what unrolling it needs, why it cannot be) for each GRU the pass is for."""
     nodes = [node for node in graph.nodes if node.op == "GRU" and (options.scope == "all" or is_hazard(node))]
     inferred = {}
@@ -252,27 +232,23 @@ def plan(graph: gs.Graph, options: GruFixOptions) -> list[tuple[gs.Node, Optiona
     return chosen
 
 
-def where(node: gs.Node) -> str:
-    return f"GRU {node.name!r}" if node.name else f"GRU -> {next(t.name for t in node.outputs if t.name)!r}"
-
-
 def detect(graph: gs.Graph, options: GruFixOptions) -> list[Finding]:
     found = []
     for node, _, blocked in plan(graph, options):
         why = ("linear_before_reset=1 (PyTorch's GRU): onnx-tf 1.10 cannot convert it" if is_hazard(node)
                else "a GRU (scope=all)")
-        found.append(Finding(where=where(node), message=why + (f"; gru_fix cannot unroll it: {blocked}"
-                                                                if blocked else "")))
+        found.append(Finding(where=describe(node), nodes=(node.name,), fixable=not blocked,
+                             message=why + (f"; gru_fix cannot unroll it: {blocked}" if blocked else "")))
     return found
 
 
-def fix(graph: gs.Graph, options: GruFixOptions) -> Optional[dict]:
+def fix(graph: gs.Graph, options: GruFixOptions) -> dict | None:
     unrolled = {}
     for node, gru, blocked in plan(graph, options):
         if gru is None:
-            log.warning("gru_fix: %s left as it is: %s", where(node), blocked)
+            log.warning("gru_fix: %s left as it is: %s", describe(node), blocked)
             continue
-        unrolled[where(node)] = f"{gru.steps} steps x {gru.directions} direction(s)"
+        unrolled[describe(node)] = f"{gru.steps} steps x {gru.directions} direction(s)"
         unroll(graph, gru)
     return {"unrolled": unrolled} if unrolled else None
 
@@ -281,4 +257,5 @@ def fix(graph: gs.Graph, options: GruFixOptions) -> Optional[dict]:
 def surgeon_passes():
     return [RewritePass(name="gru_fix", doc="PyTorch's GRU (linear_before_reset=1), which onnx-tf refuses, unrolled "
                         "over its known sequence length into MatMul, Sigmoid and Tanh.",
-                        options=GruFixOptions, run=fix, detect=detect)]
+                        options=GruFixOptions, run=fix, detect=detect,
+                        fixes=frozenset({Hazard.UNCONVERTIBLE_NODE}))]

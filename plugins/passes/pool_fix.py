@@ -40,13 +40,13 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import Finding, RewritePass, hookimpl
-from surgeon.naming import FreshNames
+from surgeon import Finding, Hazard, RewritePass, hookimpl
+from surgeon.graph import Builder, describe
 
 log = logging.getLogger("surgeon")
 
@@ -74,8 +74,8 @@ class Pool:
     pads: tuple[int, ...]  # the pads attribute: begins, then ends
     ceil: bool
     count_pad: bool
-    shape: Optional[tuple]  # the input shape as far as known: ints, names, None
-    dtype: Optional[np.dtype]
+    shape: tuple | None  # the input shape as far as known: ints, names, None
+    dtype: np.dtype | None
 
     @property
     def rank(self) -> int:
@@ -87,7 +87,7 @@ class Pool:
         return [(k - 1) * d + 1 for k, d in zip(self.kernel, self.dilations)]
 
     @property
-    def dims(self) -> list[Optional[int]]:
+    def dims(self) -> list[int | None]:
         """The spatial dims, None where not static."""
         if self.shape is None or len(self.shape) != self.rank + 2:
             return [None] * self.rank
@@ -103,7 +103,7 @@ class Pool:
     def same(self) -> bool:
         return self.auto_pad.startswith("SAME")
 
-    def explicit_pads(self) -> Optional[tuple[list[int], list[int]]]:
+    def explicit_pads(self) -> tuple[list[int], list[int]] | None:
         """(begins, ends) as ONNX pads the input before pooling; None for SAME_* on dims not known."""
         if self.auto_pad == "VALID":
             return [0] * self.rank, [0] * self.rank
@@ -126,14 +126,14 @@ class Pool:
         return [min(end + stride - 1, span - 1) for end, stride, span in zip(ends, self.strides, self.spans)]
 
 
-def same_total(dim, stride: int, span: int) -> Optional[int]:
+def same_total(dim, stride: int, span: int) -> int | None:
     """The total SAME_* padding of one axis (ceil(dim / stride) windows); None when it depends on an unknown dim."""
     if stride == 1:
         return span - 1
     return max(span - 1 - (dim - 1) % stride, 0) if isinstance(dim, int) else None
 
 
-def same_pads(dims: Sequence, pool: Pool, lower: bool = False) -> Optional[tuple[list[int], list[int]]]:
+def same_pads(dims: Sequence, pool: Pool, lower: bool = False) -> tuple[list[int], list[int]] | None:
     """(begins, ends) of SAME_UPPER, or SAME_LOWER, padding on ``dims``; None when they depend on unknown dims."""
     totals = [same_total(dim, stride, span) for dim, stride, span in zip(dims, pool.strides, pool.spans)]
     if None in totals:
@@ -142,7 +142,7 @@ def same_pads(dims: Sequence, pool: Pool, lower: bool = False) -> Optional[tuple
     return begins, [total - begin for total, begin in zip(totals, begins)]
 
 
-def read(node: gs.Node, inferred: dict[str, tuple]) -> Optional[Pool]:
+def read(node: gs.Node, inferred: dict[str, tuple]) -> Pool | None:
     """The pooling node as a :class:`Pool`; None for other nodes and MaxPool with Indices.
 
     ``inferred`` maps tensor names to (shape, dtype) for tensors whose shape the graph does not carry.
@@ -192,7 +192,7 @@ def inferred_shapes(graph: gs.Graph, nodes: Sequence[gs.Node]) -> dict[str, tupl
             for name, (elem_type, dims) in inferred_types(graph).items() if name in names and dims is not None}
 
 
-def onnx_tf_trouble(pool: Pool) -> Optional[str]:
+def onnx_tf_trouble(pool: Pool) -> str | None:
     """Why onnx-tf 1.10 would run ``pool`` as a PyFunc or compute it wrongly; None when it converts it exactly."""
     op, mode = pool.node.op, pool.auto_pad
     if mode == "NOTSET" and any(pool.pads) and pool.static:
@@ -264,7 +264,7 @@ def reshapes_padding(pool: Pool) -> bool:
     return any(pool.pads) and pool.auto_pad == "NOTSET"
 
 
-def blocker(pool: Pool, opset: int) -> Optional[str]:
+def blocker(pool: Pool, opset: int) -> str | None:
     """Why pool_fix cannot rewrite ``pool``, if it cannot."""
     if opset < MIN_OPSET:
         return f"pool_fix needs opset >= {MIN_OPSET} (the model has {opset})"
@@ -275,7 +275,7 @@ def blocker(pool: Pool, opset: int) -> Optional[str]:
     return ambiguity(pool)
 
 
-def ambiguity(pool: Pool) -> Optional[str]:
+def ambiguity(pool: Pool) -> str | None:
     """Why ONNX Runtime and the ONNX spec disagree on what ``pool`` computes, if they do."""
     if pool.auto_pad == "VALID" and pool.ceil:
         return "with auto_pad=VALID, ONNX Runtime applies ceil_mode=1 and the ONNX spec does not"
@@ -286,7 +286,7 @@ def ambiguity(pool: Pool) -> Optional[str]:
     return None
 
 
-def plan(graph: gs.Graph, options: PoolFixOptions) -> list[tuple[Pool, str, Optional[str]]]:
+def plan(graph: gs.Graph, options: PoolFixOptions) -> list[tuple[Pool, str, str | None]]:
     """(pool, why it is rewritten, why it cannot be) for each pooling node the pass is for."""
     nodes = [node for node in graph.nodes if is_pool(node)]
     inferred = inferred_shapes(graph, nodes)
@@ -302,26 +302,25 @@ def plan(graph: gs.Graph, options: PoolFixOptions) -> list[tuple[Pool, str, Opti
 
 def detect(graph: gs.Graph, options: PoolFixOptions) -> list[Finding]:
     return [
-        Finding(where=f"{pool.node.op} {pool.node.name!r}" if pool.node.name
-                else f"{pool.node.op} -> {pool.node.outputs[0].name!r}",
+        Finding(where=describe(pool.node), nodes=(pool.node.name,), fixable=not blocked,
                 message=why + (f"; pool_fix cannot rewrite it: {blocked}" if blocked else ""))
         for pool, why, blocked in plan(graph, options)
     ]
 
 
-def fix(graph: gs.Graph, options: PoolFixOptions) -> Optional[dict]:
+def fix(graph: gs.Graph, options: PoolFixOptions) -> dict | None:
     build, rewritten = None, {}
     for pool, why, blocked in plan(graph, options):
         if blocked:
-            log.warning("pool_fix: %s %r left as it is: %s", pool.node.op, pool.node.name, blocked)
+            log.warning("pool_fix: %s left as it is: %s", describe(pool.node), blocked)
             continue
         if options.scope == "hazards" and same_upper_equivalent(pool):
             pool.node.attrs.pop("pads", None)
             pool.node.attrs["auto_pad"] = "SAME_UPPER"
         else:
-            build = build or Builder(graph)
+            build = build or PoolBuilder(graph)
             rewrite(build, pool)
-        rewritten[pool.node.name or pool.node.outputs[0].name] = why
+        rewritten[describe(pool.node)] = why
     return {"rewritten": rewritten} if rewritten else None
 
 
@@ -340,27 +339,15 @@ def same_upper_equivalent(pool: Pool) -> bool:
             and pads == same_pads(pool.dims, pool))
 
 
-class Builder:
-    """Adds nodes and tensors named after the pooling node they serve, keeping names unique."""
+class PoolBuilder(Builder):
+    """A graph kit ``Builder`` that also pads as onnx-tf can convert, and reads spatial dims once per tensor."""
 
     def __init__(self, graph: gs.Graph) -> None:
-        self.graph = graph
-        self.name = FreshNames(graph)
-        self.dims: dict[int, gs.Variable] = {}
+        super().__init__(graph)
+        self.spatial: dict[int, gs.Variable] = {}
 
-    def const(self, base: str, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(self.name(base), np.asarray(values))
-
-    def ints(self, base: str, values: Sequence[int]) -> gs.Constant:
-        return self.const(base, np.array(values, dtype=np.int64))
-
-    def op(self, op: str, inputs: list[gs.Tensor], base: str, attrs: Optional[dict] = None,
-           dtype=None, output: Optional[gs.Variable] = None) -> gs.Variable:
-        output = output if output is not None else gs.Variable(self.name(base), dtype=dtype)
-        self.graph.nodes.append(gs.Node(op, self.name(f"{base}_node"), attrs or {}, list(inputs), [output]))
-        return output
-
-    def pad(self, x: gs.Tensor, amounts, fill: Optional[gs.Constant], base: str) -> gs.Variable:
+    def pad(self, x: gs.Tensor, amounts: gs.Tensor | Sequence[int], fill: gs.Constant | None,
+            base: str) -> gs.Variable:
         """``x`` padded by ``amounts`` (ONNX Pad's pads: an int list or a tensor) with ``fill`` (default 0).
 
         onnx-tf 1.10 traces both branches of a tf.cond for Pad, and its
@@ -380,15 +367,12 @@ class Builder:
 
     def spatial_dims(self, x: gs.Tensor, rank: int, base: str) -> gs.Variable:
         """The spatial dims of ``x`` at run time (one Shape and Slice per tensor)."""
-        if id(x) not in self.dims:
-            shape = self.op("Shape", [x], f"{base}/input_shape", dtype=np.int64)
-            self.dims[id(x)] = self.op("Slice", [shape, self.ints(f"{base}/from", [2]),
-                                                 self.ints(f"{base}/to", [rank + 2])], f"{base}/spatial_dims",
-                                       dtype=np.int64)
-        return self.dims[id(x)]
+        if id(x) not in self.spatial:
+            self.spatial[id(x)] = self.dims(x, 2, rank + 2, f"{base}/spatial_dims")
+        return self.spatial[id(x)]
 
 
-def rewrite(build: Builder, pool: Pool) -> None:
+def rewrite(build: PoolBuilder, pool: Pool) -> None:
     """Replace the node's padding and ceil mode by an explicit Pad, and rescale an average."""
     node, x = pool.node, pool.node.inputs[0]
     base = node.name or node.outputs[0].name
@@ -396,7 +380,7 @@ def rewrite(build: Builder, pool: Pool) -> None:
     if pads is None:
         begins, ends = same_pads_at_run_time(build, pool, x, base)
         zeros = build.ints(f"{base}/no_pads", [0, 0])
-        pad_amounts = build.op("Concat", [zeros, begins, zeros, ends], f"{base}/pads", {"axis": 0}, np.int64)
+        pad_amounts = build.op("Concat", [zeros, begins, zeros, ends], f"{base}/pads", dtype=np.int64, axis=0)
     else:
         pad_amounts = [0, 0, *pads[0], 0, 0, *pool.padded_ends(pads[1])]
     fill = build.const(f"{base}/lowest", lowest(pool.dtype)) if node.op == "MaxPool" else None
@@ -411,12 +395,13 @@ def rewrite(build: Builder, pool: Pool) -> None:
         rescale(build, pool, x, base, pads, pad_amounts)
 
 
-def rescale(build: Builder, pool: Pool, x: gs.Tensor, base: str, pads, pad_amounts) -> None:
+def rescale(build: PoolBuilder, pool: Pool, x: gs.Tensor, base: str, pads, pad_amounts) -> None:
     """Turn the mean over the whole padded window into the mean ONNX takes."""
     if pads is not None and all(dim is not None for dim in pool.dims):
         factor = static_factor(pool, *pads)
         if not np.all(factor == 1):
-            divide_output(build, pool, base, "Mul", build.const(f"{base}/divisor_fix", factor.astype(pool.dtype)))
+            build.insert_after(pool.node, "Mul", [build.const(f"{base}/divisor_fix", factor.astype(pool.dtype))],
+                               f"{base}/divisor")
         return
     if pads is None:  # SAME_*: count_include_pad=1 counts every padded position, 0 the input's
         if pool.count_pad:
@@ -432,20 +417,13 @@ def rescale(build: Builder, pool: Pool, x: gs.Tensor, base: str, pads, pad_amoun
                                  f"{base}/counted_dims", dtype=np.int64)
         skips = skip
     ones_shape = build.op("Concat", [build.ints(f"{base}/one_one", [1, 1]), ones_dims], f"{base}/mask_shape",
-                          {"axis": 0}, np.int64)
-    one = gs.Constant(build.name(f"{base}/one"), np.ones(1, pool.dtype))
-    ones = build.op("ConstantOfShape", [ones_shape], f"{base}/ones", {"value": one}, pool.dtype)
+                          dtype=np.int64, axis=0)
+    one = build.const(f"{base}/one", np.ones(1, pool.dtype))
+    ones = build.op("ConstantOfShape", [ones_shape], f"{base}/ones", dtype=pool.dtype, value=one)
     mask = build.pad(ones, skips, None, f"{base}/counted_mask")
     attrs = {key: value for key, value in pool.node.attrs.items() if key in ("kernel_shape", "strides", "dilations")}
-    share = build.op("AveragePool", [mask], f"{base}/counted_share", attrs, pool.dtype)
-    divide_output(build, pool, base, "Div", share)
-
-
-def divide_output(build: Builder, pool: Pool, base: str, op: str, by: gs.Tensor) -> None:
-    """Route the pooling's output through ``op`` with ``by``; the original output tensor keeps its name."""
-    (y,) = pool.node.outputs
-    pool.node.outputs = [gs.Variable(build.name(f"{base}/mean_of_padded"), dtype=pool.dtype)]
-    build.op(op, [pool.node.outputs[0], by], base, output=y)
+    share = build.op("AveragePool", [mask], f"{base}/counted_share", dtype=pool.dtype, **attrs)
+    build.insert_after(pool.node, "Div", [share], f"{base}/divisor")
 
 
 def counted_and_skipped(pool: Pool, begins: Sequence[int], ends: Sequence[int]) -> tuple[list[int], list[int]]:
@@ -457,7 +435,7 @@ def counted_and_skipped(pool: Pool, begins: Sequence[int], ends: Sequence[int]) 
     return [0] * pool.rank, [0, 0, *begins, 0, 0, *padded_ends]
 
 
-def pooled_dims(pool: Pool, begins: Sequence[int], ends: Sequence[int]) -> list[Optional[int]]:
+def pooled_dims(pool: Pool, begins: Sequence[int], ends: Sequence[int]) -> list[int | None]:
     """The output's spatial dims, None where the input's are not static."""
     return [None if dim is None else (dim + begin + padded_end - span) // stride + 1
             for dim, begin, padded_end, span, stride in zip(pool.dims, begins, pool.padded_ends(ends), pool.spans,
@@ -475,7 +453,7 @@ def static_factor(pool: Pool, begins: Sequence[int], ends: Sequence[int]) -> np.
     return factor
 
 
-def same_pads_at_run_time(build: Builder, pool: Pool, x: gs.Tensor, base: str) -> tuple[gs.Variable, gs.Variable]:
+def same_pads_at_run_time(build: PoolBuilder, pool: Pool, x: gs.Tensor, base: str) -> tuple[gs.Variable, gs.Variable]:
     """SAME_* begin and end pads from the input's shape: total = max(span - 1 - (dim - 1) % stride, 0)."""
     def int_op(op: str, a: gs.Tensor, b: Sequence[int], name: str) -> gs.Variable:
         return build.op(op, [a, build.ints(f"{base}/{name}_by", b)], f"{base}/{name}", dtype=np.int64)
@@ -499,4 +477,5 @@ def lowest(dtype: np.dtype) -> np.ndarray:
 def surgeon_passes():
     return [RewritePass(name="pool_fix", doc="Pooling that onnx-tf converts natively and exactly: explicit Pad, "
                         "floor mode, exact average divisor (no PyFunc).",
-                        options=PoolFixOptions, run=fix, detect=detect)]
+                        options=PoolFixOptions, run=fix, detect=detect,
+                        fixes=frozenset({Hazard.PYTHON_CALLBACK}))]

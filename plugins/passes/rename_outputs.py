@@ -94,5 +94,5 @@ def detect(graph: gs.Graph, options: RenameOptions) -> list[Finding]:
 
 @hookimpl
 def surgeon_passes():
-    return [RewritePass(name="rename_outputs", doc="Give graph inputs and outputs stable, servable names.",
+    return [RewritePass(name="rename_outputs", doc="Rename graph inputs and outputs: as asked, and generated names to input_N / output_N.",
                         options=RenameOptions, run=rename, detect=detect)]

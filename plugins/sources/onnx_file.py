@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from surgeon import Source, hookimpl
+from surgeon import NoOptions, Source, hookimpl
+from surgeon.context import Context
+
+if TYPE_CHECKING:
+    import onnx
 
 
 def accepts(spec: str) -> bool:
     return spec.lower().endswith(".onnx")
 
 
-def load(spec, options, ctx):
+def load(spec: str, options: NoOptions, ctx: Context) -> onnx.ModelProto:
     from surgeon.onnx_io import load_model
 
     return load_model(Path(spec))

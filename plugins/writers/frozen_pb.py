@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from surgeon import Writer, hookimpl
+from surgeon import NoOptions, Writer, hookimpl
+from surgeon.context import Context
 
 FOLDER = "frozen_pb"
 
 
-def write(ctx, options, out_dir: Path) -> None:
+def write(ctx: Context, options: NoOptions, out_dir: Path) -> None:
     from surgeon.device import quiet_tensorflow
     from surgeon.saved_model_info import SERVE_TAG, SERVING_SIGNATURE
     from surgeon.serving import FROZEN_GRAPH, FROZEN_SIGNATURE

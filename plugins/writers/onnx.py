@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surgeon import Writer, hookimpl
+from surgeon import NoOptions, Writer, hookimpl
+from surgeon.context import Context
 
 
-def write(ctx, options, out_dir: Path) -> None:
+def write(ctx: Context, options: NoOptions, out_dir: Path) -> None:
     from surgeon.onnx_io import save_model
 
     save_model(ctx.model, ctx.onnx_path)

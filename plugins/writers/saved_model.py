@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surgeon import Writer, hookimpl
+from surgeon import NoOptions, Writer, hookimpl
+from surgeon.context import Context
 from surgeon.output import link_tree
 
 
-def write(ctx, options, out_dir: Path) -> None:
+def write(ctx: Context, options: NoOptions, out_dir: Path) -> None:
     target = out_dir / "saved_model"
     link_tree(ctx.saved_model(), target)
     ctx.served_models["saved_model"] = target

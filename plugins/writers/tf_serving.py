@@ -10,10 +10,12 @@ Warm-up: ``<version>/assets.extra/tf_serving_warmup_requests``, a TFRecord
 file of ``tensorflow.serving.PredictionLog`` records that TF Serving replays
 when it loads the version, so that the first real request does not pay for
 graph optimisation and kernel set-up. One predict request per batch size
-verification checks, with the same seeded inputs (``surgeon.verify``); off
-with ``--set tf_serving.warmup=false``. The records are encoded here (the
-request wrapper is a few protobuf fields around TensorFlow's ``TensorProto``),
-so the ``tensorflow-serving-api`` package is not needed to write them.
+verification checks, with the same seeded inputs (``surgeon.verify``), each
+named by its key in the serving signature (``input.1`` -> ``input_1``:
+``surgeon.naming.signature_input_keys``); off with
+``--set tf_serving.warmup=false``. The records are encoded here (the request
+wrapper is a few protobuf fields around TensorFlow's ``TensorProto``), so the
+``tensorflow-serving-api`` package is not needed to write them.
 
 With ``base`` set, the version is also published into that model base path
 after the whole run succeeded, at the next free version number (or
@@ -40,6 +42,7 @@ import numpy as np
 
 from surgeon import SurgeonError, Writer, hookimpl, publish, stack
 from surgeon.example_request import GRPC_PORT, REST_PORT, SIGNATURE_NAME, request_commands
+from surgeon.naming import signature_input_keys
 from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import default_name
@@ -87,8 +90,9 @@ def write(ctx, options: TfServingOptions, out_dir: Path) -> None:
     link_tree(ctx.saved_model(), folder)
     if options.warmup:
         sizes = batch_sizes(ctx.model, ctx.config.batch_sizes)
-        write_warmup(folder / WARMUP_FILE, name, [value.name for value in real_inputs(ctx.model)],
-                     [random_feed(ctx.model, size) for size in sizes])
+        keys = signature_input_keys([value.name for value in real_inputs(ctx.model)],
+                                    [value.name for value in ctx.model.graph.output])
+        write_warmup(folder / WARMUP_FILE, name, list(keys.values()), [random_feed(ctx.model, size) for size in sizes])
         ctx.report["tf_serving_warmup"] = {"file": str(WARMUP_FILE), "batch_sizes": sizes}
     (root / MODELS_CONFIG).write_text(models_config(name))
     # the same SavedModel as OUT/saved_model (and triton's entry): verify it once, whichever writer has it

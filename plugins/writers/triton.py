@@ -1,15 +1,18 @@
 """triton: a Triton Inference Server model repository (``--format triton``).
 
-Writes two models with identical tensor names, dims and max_batch_size:
+Writes two models with identical dims and max_batch_size:
 
 - ``OUT/triton/<name>/``: ``config.pbtxt`` with ``1/model.savedmodel/``
   (platform ``tensorflow_savedmodel``), for Triton's TensorFlow backend.
+  Its tensors are named by the keys of the SavedModel's serving signature,
+  which differ from the ONNX names for inputs TensorFlow cannot take as keys
+  (``input.1`` -> ``input_1``: ``surgeon.naming.signature_input_keys``).
   Triton deprecated that backend in release 25.03 and stopped building it:
   25.02 is the last release whose containers can load this entry.
 - ``OUT/triton/<name>_onnx/``: ``config.pbtxt`` with ``1/model.onnx``
   (platform ``onnxruntime_onnx``), the same ONNX as ``OUT/model.onnx``, for
   the ONNX Runtime backend: the entry every current release loads, and the
-  only one from 25.03 on.
+  only one from 25.03 on. Its tensors keep the ONNX names.
 
 Each config turns Triton's dynamic batching on when the batch is dynamic
 (``--set triton.dynamic_batching=false`` turns it off) and names an instance
@@ -39,8 +42,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import onnx
+from google.protobuf.text_encoding import CEscape
 
 from surgeon import SurgeonError, Writer, hookimpl
+from surgeon.naming import signature_input_keys
 from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import Entry, default_name, publish_versions as publish_entries
@@ -144,13 +149,23 @@ def models(name: str, options: TritonOptions) -> list[tuple[str, str]]:
     return [(name, "savedmodel")] + ([(f"{name}_onnx", "onnx")] if options.onnx else [])
 
 
+def input_names(model: onnx.ModelProto, kind: str) -> dict[str, str]:
+    """Each input's ONNX name -> the name the entry of ``kind`` takes it by: its signature key for the SavedModel."""
+    names = [value.name for value in real_inputs(model)]
+    if kind == "savedmodel":
+        return signature_input_keys(names, [value.name for value in model.graph.output])
+    return dict(zip(names, names))
+
+
 def config_text(model: onnx.ModelProto, name: str, kind: str, options: TritonOptions) -> str:
     """config.pbtxt for ``model`` served by the backend of ``kind``."""
     batched = static_batch(model) is None
     lines = [f'name: "{name}"', f'platform: "{PLATFORMS[kind][0]}"',
              f"max_batch_size: {options.max_batch_size if batched else 0}"]
-    for heading, values in (("input", real_inputs(model)), ("output", list(model.graph.output))):
-        entries = [tensor_entry(value, batched) for value in values]
+    names = input_names(model, kind)
+    inputs = [tensor_entry(names[value.name], value, batched) for value in real_inputs(model)]
+    outputs = [tensor_entry(value.name, value, batched) for value in model.graph.output]
+    for heading, entries in (("input", inputs), ("output", outputs)):
         lines.append(f"{heading} [\n" + ",\n".join(entries) + "\n]")
     if options.dynamic_batching and batched:
         preferred = f" preferred_batch_size: [ {', '.join(map(str, options.preferred_batch_sizes))} ]" \
@@ -162,7 +177,9 @@ def config_text(model: onnx.ModelProto, name: str, kind: str, options: TritonOpt
     return "\n".join(lines) + "\n"
 
 
-def tensor_entry(value: onnx.ValueInfoProto, batched: bool) -> str:
+def tensor_entry(name: str, value: onnx.ValueInfoProto, batched: bool) -> str:
+    """The config entry of tensor ``value``, called ``name`` (escaped as the text format escapes strings, so that
+    any ONNX name reads back)."""
     tensor_type = value.type.tensor_type
     if tensor_type.elem_type not in TRITON_TYPES:
         raise SurgeonError(f"tensor {value.name!r} has a type Triton cannot serve "
@@ -172,7 +189,7 @@ def tensor_entry(value: onnx.ValueInfoProto, batched: bool) -> str:
         dims = dims[1:]
     # Triton needs at least one dim: a per-sample scalar is dims [1] reshaped to []
     shape = f"dims: [ {', '.join(map(str, dims))} ]" if dims else "dims: [ 1 ] reshape: { shape: [ ] }"
-    return f'  {{ name: "{value.name}" data_type: {TRITON_TYPES[tensor_type.elem_type]} {shape} }}'
+    return f'  {{ name: "{CEscape(name, as_utf8=True)}" data_type: {TRITON_TYPES[tensor_type.elem_type]} {shape} }}'
 
 
 # --- publishing: every entry or none (surgeon.publish) ----------------------------------------------------------
@@ -211,15 +228,17 @@ def verified_batch(report: dict[str, Any], options: TritonOptions, batched: bool
     return max((size for size in sizes if size <= options.max_batch_size), default=1)
 
 
-def perf_analyzer_command(model: onnx.ModelProto, model_name: str, batch: int) -> list[str]:
-    """perf_analyzer on ``model_name`` over GRPC: each input's shape without the batch dim; ``-b`` when batched."""
+def perf_analyzer_command(model: onnx.ModelProto, model_name: str, batch: int, kind: str = "onnx") -> list[str]:
+    """perf_analyzer on ``model_name``, the entry of ``kind``, over GRPC: each input's shape without the batch dim;
+    ``-b`` when batched."""
     batched = static_batch(model) is None
     command = ["perf_analyzer", "-m", model_name, "-u", GRPC_URL, "-i", "grpc"]
+    names = input_names(model, kind)
     for value in real_inputs(model):
         dims = [dim.dim_value if dim.HasField("dim_value") else SYMBOLIC_DIM_SIZE
                 for dim in value.type.tensor_type.shape.dim]
         dims = (dims[1:] if batched else dims) or [1]  # a per-sample scalar is dims [1] in the config
-        command += ["--shape", f"{value.name}:{','.join(map(str, dims))}"]
+        command += ["--shape", f"{names[value.name]}:{','.join(map(str, dims))}"]
     if batched:
         command += ["-b", str(batch)]
     return command + ["--concurrency-range", CONCURRENCY]
@@ -241,7 +260,7 @@ def serving_commands(model: onnx.ModelProto, name: str, options: TritonOptions, 
                      batch: int) -> dict[str, Any]:
     """The docker and perf_analyzer command lines for the entry that Triton ``release_of(options)`` loads."""
     release = release_of(options)
-    target = f"{name}_onnx" if options.onnx else name
+    target, kind = (f"{name}_onnx", "onnx") if options.onnx else (name, "savedmodel")
     # from 25.03 on the SavedModel entry cannot load, and a model failing at startup stops Triton: load the ONNX
     # entry alone
     load = None if loads_tensorflow(release) else [target]
@@ -249,7 +268,7 @@ def serving_commands(model: onnx.ModelProto, name: str, options: TritonOptions, 
         "release": release,
         "model": target,
         "docker": shlex.join(docker_command(repository, release, load, gpus=options.instance_kind != "cpu")),
-        "perf_analyzer": shlex.join(perf_analyzer_command(model, target, batch)),
+        "perf_analyzer": shlex.join(perf_analyzer_command(model, target, batch, kind)),
     }
 
 

@@ -2,9 +2,13 @@
 
 onnx-tf's export has the serving contract: tag ``serve`` and a
 ``serving_default`` signature keyed by the ONNX input and output names, with
-``None`` for symbolic dimensions. The SavedModel goes straight into its
-target, which the host hands over empty inside the staging folder, so a
-failed run leaves no half-written SavedModel.
+``None`` for symbolic dimensions. An input name TensorFlow cannot take as a
+key (``input.1``, ``images:0``, ``入力``) gets the one
+``surgeon.naming.signature_input_keys`` derives (``input_1``), logged and kept
+in the report (``signature_names``: ONNX name -> key, the renamed inputs
+only). The SavedModel goes straight into its target, which the host hands
+over empty inside the staging folder, so a failed run leaves no half-written
+SavedModel.
 
 It differs from onnx-tf's ``export_graph`` in two ways that together halve
 the conversion of a large model, and not in what the signature computes:
@@ -28,11 +32,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from surgeon import Converter, PluginError, SurgeonError, hookimpl
-from surgeon.errors import describe
-from surgeon.naming import fresh_name
-from surgeon.onnx_io import real_inputs
+from typing import TYPE_CHECKING
+
+from surgeon import Converter, Hazard, PluginError, SurgeonError, hookimpl
+from surgeon.errors import describe as describe_error
+from surgeon.graph import describe
+from surgeon.naming import fresh_name, signature_input_keys
+from surgeon.onnx_io import opset_of, real_inputs
+from surgeon_plugins.converters.onnx_tf import support
 from surgeon_plugins.converters.onnx_tf.compat import mended_handlers
+
+if TYPE_CHECKING:
+    import onnx
+
+    from surgeon.context import Context
 
 log = logging.getLogger("surgeon")
 # onnx-tf's pooling types (the pooling_type argument of its py_pool) -> ONNX op
@@ -45,58 +58,78 @@ class OnnxTfOptions:
         "doc": "cast dtypes TensorFlow lacks (e.g. uint64) to ones it has, possibly losing precision"})
 
 
-def signature_key_problem(name: str) -> str | None:
-    """Why TensorFlow cannot use ``name`` as a function parameter and so as a signature input key."""
-    if not name[:1].isalpha():
-        return "it does not start with a letter"
-    if not all(char.isalnum() or char == "_" for char in name):
-        return "it holds characters other than letters, digits and _"
-    return None
+def input_keys(model) -> dict[str, str]:
+    """Each real input of ``model`` -> its key in the serving signature."""
+    return signature_input_keys([value.name for value in real_inputs(model)],
+                                [value.name for value in model.graph.output])
 
 
-def check_input_names(model) -> None:
-    for value in real_inputs(model):
-        problem = signature_key_problem(value.name)
-        if problem:
-            raise SurgeonError(
-                f"input {value.name!r} cannot be a key of the serving signature: {problem}",
-                hint="add rename_outputs to --plugins (it renames such inputs to input_N), "
-                "or --set rename_outputs.names=OLD:NEW",
-            )
+def convert(model: onnx.ModelProto, options: OnnxTfOptions, target: Path, ctx: Context) -> None:
+    check_convertible(model)  # before TensorFlow is imported: onnx-tf would fail on these
+    keys = to_saved_model(model, options, target)
+    check_servable(target, model)  # every writer of this SavedModel relies on it
+    renamed = {name: key for name, key in keys.items() if key != name}
+    ctx.record("signature_names", renamed)
+    if renamed:
+        log.info("onnx_tf: TensorFlow takes only ASCII letters, digits and _, starting with a letter, as input "
+                 "keys: the serving signature takes %s (kept in report.json as signature_names; the rename_outputs "
+                 "pass chooses other names)", ", ".join(f"{name!r} as {key!r}" for name, key in renamed.items()))
 
 
-def convert(model, options: OnnxTfOptions, target: Path, ctx) -> None:
-    from surgeon_plugins.passes.opset_compat import explain_unsupported
+def check_convertible(model: onnx.ModelProto) -> None:
+    """Raise ``SurgeonError`` naming the nodes the installed onnx-tf has no handler for, grouped by operator."""
+    unconvertible = support.unconvertible(model)
+    if not unconvertible:
+        return
+    groups: dict[str, list[str]] = {}
+    for node, label in unconvertible:
+        groups.setdefault(label, []).append(describe(node))
+    count = len(unconvertible)
+    lines = [f"onnx-tf {support.handlers().version} cannot convert {count} node{'s' if count > 1 else ''} of this "
+             f"opset-{opset_of(model)} model:"]
+    for label, nodes in groups.items():
+        shown = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        lines.append(f"  {label} ({len(nodes)} node{'s' if len(nodes) > 1 else ''}: {shown}): "
+                     f"{support.handlers().describe(label.rsplit('-', 1)[0])}")
+    raise SurgeonError("\n".join(lines), hazard=Hazard.UNCONVERTIBLE_NODE,
+                       nodes=[node.name for node, _ in unconvertible if node.name])
 
-    unsupported = explain_unsupported(model)  # before TensorFlow is imported: onnx-tf would fail on these
-    if unsupported:
-        raise SurgeonError(unsupported)
-    to_saved_model(model, options, target)
-    check_servable(target, model, ctx.config.plugins)  # every writer of this SavedModel relies on it
 
-
-def to_saved_model(model, options: OnnxTfOptions, target: Path) -> None:
-    """The conversion alone, unchecked."""
+def to_saved_model(model, options: OnnxTfOptions, target: Path) -> dict[str, str]:
+    """The conversion alone, unchecked; returns each input's key in the serving signature (``input_keys``)."""
     from surgeon.device import quiet_tensorflow, verbose
 
-    check_input_names(model)
-    model = readable_by_onnx_tf(model)
+    keys = input_keys(model)
+    readable = readable_by_onnx_tf(model)
     started = time.perf_counter()
     with quiet_tensorflow(), mended_handlers() as onnx_tf:
         imported = time.perf_counter()
         try:
-            representation = onnx_tf.backend.prepare(model, logging_level="INFO" if verbose() else "ERROR",
+            representation = onnx_tf.backend.prepare(readable, logging_level="INFO" if verbose() else "ERROR",
                                                      auto_cast=options.auto_cast)
             prepared = time.perf_counter()
-            export(representation, target)
+            export(representation, target, keys)
         except Exception as error:
-            node = onnx_tf.failed_node()
-            if node is None or isinstance(error, SurgeonError):
+            failed = onnx_tf.failed_node()
+            if failed is None or isinstance(error, SurgeonError):
                 raise
-            raise PluginError("onnx_tf", f"conversion failed at ONNX node {node}: {describe(error)}",
-                              hint="--debug shows the traceback") from error
+            node = users_node(model, readable, failed)
+            inputs = ", ".join(map(repr, node.input))
+            raise PluginError("onnx_tf", f"conversion failed at {describe(node)} (inputs {inputs}): "
+                              f"{describe_error(error)}", hint="--debug shows the traceback",
+                              hazard=Hazard.UNCONVERTIBLE_NODE, nodes=[node.name] if node.name else []) from error
     log.debug("onnx-tf: import (with TensorFlow) %.1fs, prepare %.1fs, export %.1fs",
               imported - started, prepared - imported, time.perf_counter() - prepared)
+    return keys
+
+
+def users_node(model: onnx.ModelProto, readable: onnx.ModelProto, name: str) -> onnx.NodeProto:
+    """The node of ``model`` that ``readable_by_onnx_tf`` named ``name``: it keeps the nodes in order, renaming
+    some, so the user's node is at the same place (a node of a subgraph is searched there by name)."""
+    index = next((i for i, node in enumerate(readable.graph.node) if node.name == name), None)
+    if index is not None:
+        return model.graph.node[index]
+    return next(node for node in support.all_nodes(model.graph) if node.name == name)
 
 
 def readable_by_onnx_tf(model):
@@ -127,19 +160,25 @@ def readable_by_onnx_tf(model):
     return readable
 
 
-def export(representation, target: Path) -> None:
-    """Save the serving signature of onnx-tf's model, traced once for export."""
+def export(representation, target: Path, keys: dict[str, str]) -> None:
+    """Save the serving signature of onnx-tf's model, traced once for export; ``keys``: ONNX input -> its key."""
     import tensorflow as tf
 
     module = representation.tf_module
     module.is_export = True  # onnx-tf's switch: trace for export
     root = tf.Module()
     root.handler_variables = list(module.handler_variables.values())
-    tf.saved_model.save(root, str(target), signatures=trace(module, representation.signatures))
+    tf.saved_model.save(root, str(target), signatures=trace(module, representation.signatures, keys))
 
 
-def trace(module, signatures: dict):
-    """onnx-tf's ``__call__`` as a concrete function, traced without AutoGraph where it can be.
+def trace(module, signatures: dict, keys: dict[str, str]):
+    """onnx-tf's ``__call__`` as a concrete function taking each input by its key, traced without AutoGraph where
+    it can be.
+
+    ``signatures``: onnx-tf's input specs by ONNX name; ``keys``: ONNX name
+    -> signature key. The specs are named by key, since TensorFlow keys a
+    signature input by its spec's name (onnx-tf names the spec of ``a:0``
+    ``a_tf_0_`` and a random suffix).
 
     AutoGraph rewrites the source of every onnx-tf handler a model uses before
     the trace, which costs more than the trace itself (6 of 11 s for the CT
@@ -150,19 +189,21 @@ def trace(module, signatures: dict):
     import tensorflow as tf
 
     call = type(module).__call__.python_function
-    plain = tf.function(lambda **inputs: call(module, **inputs), autograph=False)
+    specs = {keys[name]: tf.TensorSpec(spec.shape, spec.dtype, name=keys[name]) for name, spec in signatures.items()}
+
+    def serve(**inputs):
+        return call(module, **{name: inputs[keys[name]] for name in signatures})
+
     try:
-        return plain.get_concrete_function(**signatures)
+        return tf.function(serve, autograph=False).get_concrete_function(**specs)
     except TypeError as error:  # OperatorNotAllowedInGraphError is one
         log.debug("tracing without AutoGraph failed (%s: %s); tracing with it", type(error).__name__, error)
-        return module.__call__.get_concrete_function(**signatures)
+        return tf.function(serve).get_concrete_function(**specs)
 
 
-def check_servable(path: Path, model, plugins: list[str]) -> None:
-    """Raise ``SurgeonError`` unless the SavedModel at ``path`` keeps the serving contract for ``model``.
-
-    ``plugins``: the rewrite plugins that ran, for the hint.
-    """
+def check_servable(path: Path, model: onnx.ModelProto) -> None:
+    """Raise ``SurgeonError`` unless the SavedModel at ``path`` keeps the serving contract for ``model`` and runs
+    no Python callbacks (a ``Hazard.PYTHON_CALLBACK`` naming the ONNX nodes behind them)."""
     from surgeon.saved_model_info import pyfunc_calls, read_meta_graph
 
     meta_graph = read_meta_graph(path)
@@ -172,20 +213,17 @@ def check_servable(path: Path, model, plugins: list[str]) -> None:
         return
     nodes = onnx_nodes_behind(calls, model)
     if nodes:
-        where = "for ONNX node(s) " + ", ".join(map(describe_node, nodes))
+        where = "for " + ", ".join(map(describe, nodes))
     else:
         where = "for ONNX nodes that could not be identified"
     raise SurgeonError(
         f"the converted SavedModel calls back into Python (PyFunc) {where}: TF Serving, Triton and every "
         "fresh process fail on it ('Could not find callback'), so no SavedModel was written",
-        hint="pool_fix ran but left these nodes: `surgeon inspect MODEL.onnx` says why" if "pool_fix" in plugins
-        else "add pool_fix to --plugins: it rewrites pooling that onnx-tf can only run through Python into "
-        "pooling it converts natively (`surgeon inspect MODEL.onnx` lists such nodes)",
-    )
+        hazard=Hazard.PYTHON_CALLBACK, nodes=[node.name for node in nodes if node.name])
 
 
 def check_signature(meta_graph, model) -> None:
-    """``serving_default`` has the ONNX inputs and outputs as keys, with the ONNX shapes."""
+    """``serving_default`` has the ONNX inputs (by ``input_keys``) and outputs as keys, with the ONNX shapes."""
     from surgeon.saved_model_info import SERVING_SIGNATURE, signatures
 
     found = signatures(meta_graph)
@@ -193,17 +231,18 @@ def check_signature(meta_graph, model) -> None:
         raise SurgeonError(f"the converted SavedModel has no {SERVING_SIGNATURE!r} signature "
                            f"(it has: {', '.join(found) or 'none'})")
     signature = found[SERVING_SIGNATURE]
-    expected = {"inputs": real_inputs(model), "outputs": list(model.graph.output)}
-    for kind, values in expected.items():
-        keys = {tensor["name"]: tensor for tensor in signature[kind]}
-        if set(keys) != {value.name for value in values}:
-            raise SurgeonError(f"the {SERVING_SIGNATURE!r} signature's {kind} are {sorted(keys)}, "
-                               f"not the ONNX {kind} {sorted(value.name for value in values)}")
-    for value in expected["inputs"]:
+    keys = input_keys(model)
+    expected = {"inputs": list(keys.values()), "outputs": [value.name for value in model.graph.output]}
+    for kind, names in expected.items():
+        got = sorted(tensor["name"] for tensor in signature[kind])
+        if got != sorted(names):
+            raise SurgeonError(f"the {SERVING_SIGNATURE!r} signature's {kind} are {got}, not {sorted(names)}")
+    for value in real_inputs(model):
         shape = [dim.dim_value if dim.HasField("dim_value") else None for dim in value.type.tensor_type.shape.dim]
-        got = next(tensor for tensor in signature["inputs"] if tensor["name"] == value.name)["shape"]
+        key = keys[value.name]
+        got = next(tensor for tensor in signature["inputs"] if tensor["name"] == key)["shape"]
         if got != shape:
-            raise SurgeonError(f"the {SERVING_SIGNATURE!r} signature gives input {value.name!r} the shape {got}, "
+            raise SurgeonError(f"the {SERVING_SIGNATURE!r} signature gives input {key!r} the shape {got}, "
                                f"the ONNX model {shape} (None: any size)")
 
 
@@ -235,10 +274,6 @@ def onnx_nodes_behind(calls, model) -> list:
                                                                         or pads == explicit_pads):
                 found.append(node)
     return found
-
-
-def describe_node(node) -> str:
-    return f"{node.name!r} ({node.op_type})" if node.name else f"{node.op_type} -> {', '.join(node.output)}"
 
 
 @hookimpl

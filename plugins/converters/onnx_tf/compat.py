@@ -253,12 +253,8 @@ class MendedOnnxTf:
     in_progress: list[Any] = field(default_factory=list)  # onnx-tf's node wrappers; a failed one stays on top
 
     def failed_node(self) -> Optional[str]:
-        """The ONNX node whose handler raised, in words (None when no handler did)."""
-        if not self.in_progress:
-            return None
-        node = self.in_progress[-1]
-        inputs = ", ".join(repr(name) for name in node.inputs)
-        return f"{node.name!r} ({node.op_type}; inputs {inputs})" if node.name else f"{node.op_type} (inputs {inputs})"
+        """The name of the ONNX node whose handler raised (None when no handler did)."""
+        return self.in_progress[-1].name if self.in_progress else None
 
 
 @contextmanager

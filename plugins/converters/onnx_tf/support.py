@@ -15,12 +15,16 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 from surgeon import SurgeonError
+
+if TYPE_CHECKING:
+    import onnx
 
 ONNX_DOMAINS = ("", "ai.onnx")
 # onnx-tf declares tensorflow-addons, which has no wheel for Python >= 3.12 and breaks under Keras 3;
@@ -36,7 +40,7 @@ class Handlers:
     versions: dict[str, frozenset[int]]
     partial: dict[str, str]
 
-    def converts(self, op: str, since: Optional[int]) -> bool:
+    def converts(self, op: str, since: int | None) -> bool:
         """Whether onnx-tf has a handler for schema version ``since`` of ``op`` (default domain)."""
         return since is not None and since in self.versions.get(op, ())
 
@@ -95,7 +99,7 @@ def _handlers_from_import(version: str) -> Handlers:
 
 
 @lru_cache(maxsize=None)
-def since_version(op: str, opset: int) -> Optional[int]:
+def since_version(op: str, opset: int) -> int | None:
     """The version of ``op``'s schema in force at ``opset`` (default domain); None when ``op`` does not exist there."""
     import onnx.defs
 
@@ -105,4 +109,30 @@ def since_version(op: str, opset: int) -> Optional[int]:
         return None
 
 
-__all__ = ["Handlers", "INSTALL_ONNX_TF", "ONNX_DOMAINS", "handlers", "since_version"]
+def unconvertible(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
+    """The nodes of ``model`` (subgraphs included) that the installed onnx-tf has no handler for, each with its
+    operator and schema version as ``Squeeze-13`` (or ``domain.Op``). Reads the model only: no TensorFlow."""
+    table = handlers()
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ONNX_DOMAINS), 1)
+    found = []
+    for node in all_nodes(model.graph):
+        if node.domain not in ONNX_DOMAINS:
+            found.append((node, f"{node.domain}.{node.op_type}"))
+            continue
+        since = since_version(node.op_type, opset)
+        if not table.converts(node.op_type, since):
+            found.append((node, f"{node.op_type}-{since}" if since else node.op_type))
+    return found
+
+
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """The nodes of ``graph`` and of the subgraphs in their attributes (If, Loop, Scan), depth first."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            subgraphs = [attribute.g] if attribute.HasField("g") else []
+            for subgraph in [*subgraphs, *attribute.graphs]:
+                yield from all_nodes(subgraph)
+
+
+__all__ = ["Handlers", "INSTALL_ONNX_TF", "ONNX_DOMAINS", "all_nodes", "handlers", "since_version", "unconvertible"]

@@ -7,25 +7,26 @@ batched tensors, attention reshapes use ``x.shape[0]``), and static dims left
 on the outputs make onnx-tf reshape the served output to them.
 
 This pass follows the batch from the inputs through the graph (see
-``batch_flow``), rewrites every constant that carries the export batch where
-the batch flows so that it follows the runtime batch, names the batch dim on
-the inputs, outputs and intermediate shapes, and stops with an error naming
-the node when a model mixes samples or bakes the batch in a way it cannot
-rewrite exactly.
+``flow``, with the per-op ``rules`` and ``shape_rules``), rewrites every
+constant that carries the export batch where the batch flows so that it
+follows the runtime batch (with the tensors of ``build``), names the batch
+dim on the inputs, outputs and intermediate shapes, and stops with an error
+naming the node when a model mixes samples or bakes the batch in a way it
+cannot rewrite exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import Finding, RewritePass, SurgeonError, hookimpl
-from surgeon.naming import FreshNames
-from surgeon_plugins.passes.dynamic_batch.flow import Batch, Entry, Flow, Term, follow
+from surgeon import Finding, Hazard, RewritePass, SurgeonError, hookimpl
+from surgeon_plugins.passes.dynamic_batch.build import BatchBuilder
+from surgeon_plugins.passes.dynamic_batch.flow import Flow, follow
+from surgeon_plugins.passes.dynamic_batch.rules import RULES
+from surgeon_plugins.passes.dynamic_batch.state import Batch
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class DynamicBatchOptions:
             raise ValueError("name must not be empty")
 
 
-def batched_inputs(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], Optional[int]]:
+def batched_inputs(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], int | None]:
     """The inputs that carry the batch, and the batch they were exported with (None when already symbolic)."""
     candidates = [t for t in graph.inputs if isinstance(t, gs.Variable)]
     if options.inputs:
@@ -72,9 +73,9 @@ def is_static(dim: Any) -> bool:
     return isinstance(dim, int) and dim >= 0
 
 
-def analyse(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], Optional[int], Flow]:
+def analyse(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], int | None, Flow]:
     inputs, export_batch = batched_inputs(graph, options)
-    return inputs, export_batch, follow(graph, inputs, options.axis, export_batch)
+    return inputs, export_batch, follow(graph, inputs, options.axis, export_batch, RULES)
 
 
 def shape_updates(graph: gs.Graph, flow: Flow, name: str) -> list[tuple[gs.Variable, list]]:
@@ -90,69 +91,9 @@ def shape_updates(graph: gs.Graph, flow: Flow, name: str) -> list[tuple[gs.Varia
     return updates
 
 
-class Builder:
-    """Makes the tensors that fixes splice in: constants, and the runtime batch size from a batched input."""
-
-    def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
-        self.graph, self.source, self.axis = graph, source, axis
-        self.name = FreshNames(graph, prefix="dynamic_batch/")
-        self.sizes: dict[int, gs.Tensor] = {}
-
-    def constant(self, values: Any, hint: str) -> gs.Constant:
-        return gs.Constant(self.name(hint), np.ascontiguousarray(values))
-
-    def op(self, op: str, inputs: list[gs.Tensor], hint: str, **attrs: Any) -> gs.Variable:
-        output = gs.Variable(self.name(f"{hint}_output"))
-        self.graph.nodes.append(gs.Node(op, name=self.name(hint), attrs=attrs, inputs=inputs, outputs=[output]))
-        return output
-
-    def batch_size(self, factor: int = 1) -> gs.Tensor:
-        """An int64 [1] tensor holding N * factor, N read from the first batched input."""
-        if factor not in self.sizes:
-            if factor == 1:
-                shape = self.op("Shape", [self.source], "input_shape")
-                if self.graph.opset >= 10:
-                    bounds = [self.constant(np.array([v], np.int64), name) for v, name in
-                              ((self.axis, "batch_start"), (self.axis + 1, "batch_end"))]
-                    self.sizes[1] = self.op("Slice", [shape, *bounds], "batch_size")
-                else:
-                    self.sizes[1] = self.op("Slice", [shape], "batch_size", starts=[self.axis], ends=[self.axis + 1])
-            else:
-                self.sizes[factor] = self.op("Mul", [self.batch_size(), self.constant(np.array([factor], np.int64),
-                                                                                       f"x{factor}")],
-                                             f"batch_size_x{factor}")
-        return self.sizes[factor]
-
-    def shape(self, entries: Sequence[Entry], hint: str) -> gs.Tensor:
-        """An int64 1-D tensor of ``entries`` (ints and Terms): a constant, or a Concat of constants and N * f."""
-        if all(isinstance(e, int) for e in entries):
-            return self.constant(np.array(entries, np.int64), hint)
-        parts: list[gs.Tensor] = []
-        run: list[int] = []
-        for entry in entries:
-            if isinstance(entry, Term):
-                if run:
-                    parts.append(self.constant(np.array(run, np.int64), f"{hint}_part"))
-                    run = []
-                parts.append(self.batch_size(entry.factor))
-            else:
-                run.append(entry)
-        if run:
-            parts.append(self.constant(np.array(run, np.int64), f"{hint}_part"))
-        return self.op("Concat", parts, hint, axis=0)
-
-    def repeat(self, block: gs.Tensor, axis: int, rank: int, inner: int) -> gs.Tensor:
-        """``block`` (one sample, ``inner`` long on ``axis``) repeated for each sample of the runtime batch."""
-        entries: list[Entry] = [1] * rank
-        entries[axis] = Term(1)
-        if inner == 1:
-            return self.op("Expand", [block, self.shape(entries, f"{block.name}_batch_shape")], f"{block.name}_expand")
-        return self.op("Tile", [block, self.shape(entries, f"{block.name}_repeats")], f"{block.name}_tile")
-
-
-def make_dynamic(graph: gs.Graph, options: DynamicBatchOptions) -> Optional[dict]:
+def make_dynamic(graph: gs.Graph, options: DynamicBatchOptions) -> dict | None:
     inputs, export_batch, flow = analyse(graph, options)
-    builder = Builder(graph, inputs[0], options.axis)
+    builder = BatchBuilder(graph, inputs[0], options.axis)
     for fix in flow.fixes:
         fix.node.inputs[fix.index] = fix.build(builder)
     updates = shape_updates(graph, flow, options.name)
@@ -172,11 +113,11 @@ def detect(graph: gs.Graph, options: DynamicBatchOptions) -> list[Finding]:
     try:
         inputs, export_batch, flow = analyse(graph, options)
     except SurgeonError as error:
-        return [Finding(where="graph", message=f"the batch cannot be made dynamic: {error}")]
+        return [Finding(where="graph", message=f"the batch cannot be made dynamic: {error}", fixable=False)]
     updated = {id(tensor) for tensor, _ in shape_updates(graph, flow, options.name)}
     findings = [Finding(where=f"input {t.name!r}", message=f"batch fixed at {export_batch} on axis {options.axis}; "
                         f"would become {options.name!r}") for t in inputs if id(t) in updated]
-    findings += [Finding(where=fix.where, message=fix.reason) for fix in flow.fixes]
+    findings += [Finding(where=fix.where, message=fix.reason, nodes=(fix.node.name,)) for fix in flow.fixes]
     for tensor in graph.outputs:
         if id(tensor) in updated:
             axis = flow.state(tensor).axis
@@ -192,4 +133,5 @@ def detect(graph: gs.Graph, options: DynamicBatchOptions) -> list[Finding]:
 @hookimpl
 def surgeon_passes():
     return [RewritePass(name="dynamic_batch", doc="Make the batch dimension dynamic, rewriting what bakes it in.",
-                        options=DynamicBatchOptions, run=make_dynamic, detect=detect)]
+                        options=DynamicBatchOptions, run=make_dynamic, detect=detect,
+                        fixes=frozenset({Hazard.FIXED_BATCH}))]

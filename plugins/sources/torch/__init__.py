@@ -7,7 +7,8 @@ from ``--weights CKPT`` (a state_dict, loaded with ``weights_only=True``,
 see ``checkpoints``). The model is exported with ``torch.onnx.export`` at
 the shapes given, as the recipe did, so the batch is fixed:
 ``dynamic_batch`` then makes it dynamic, or ``dynamic_batch_export=true``
-asks the exporter for a dynamic batch axis. ``dynamo=true`` captures the
+asks the exporter for a dynamic batch axis (and when dynamic_batch refuses
+the fixed export, the host asks for that export instead). ``dynamo=true`` captures the
 model with ``torch.export`` and translates it with torch's dynamo exporter
 instead, which needs onnxscript and onnx-ir (``pip install 'surgeon[dynamo]'``)
 and writes opset 18 unless torch manages the opset asked for; ``opset_compat``
@@ -31,13 +32,13 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from surgeon import Source, SurgeonError, UsageError, hookimpl
 from surgeon.errors import describe
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from surgeon.pipeline import RunContext
+    from surgeon.context import Context, Reference
 
 log = logging.getLogger("surgeon")
 
@@ -98,8 +99,9 @@ class TorchOptions:
         "doc": "ONNX input names (default: forward()'s parameter names)"})
     output_names: list[str] = field(default_factory=list, metadata={
         "doc": "ONNX output names (default: output, or output_0, output_1, ...)"})
-    opset: Optional[int] = field(default=None, metadata={
-        "doc": f"ONNX opset (default {DEFAULT_OPSET}; when opset_compat runs, {OPSET_WITH_COMPAT}, or "
+    opset: int | None = field(default=None, metadata={
+        "doc": f"ONNX opset (default {DEFAULT_OPSET}; when a pass that lowers opsets runs, such as opset_compat, "
+               f"{OPSET_WITH_COMPAT}, or "
                f"{DYNAMO_OPSET} with dynamo: onnx-tf 1.10 converts Squeeze/Unsqueeze only below 13)"})
     dynamo: bool = field(default=False, metadata={
         "doc": "use the torch.export-based exporter (needs pip install 'surgeon[dynamo]'); "
@@ -124,7 +126,7 @@ def accepts(spec: str) -> bool:
             or bool(MODULE_SPEC.fullmatch(spec)))
 
 
-def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
+def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
     """Build the model, load its weights, export it, and set it as the parity reference."""
     import torch
 
@@ -134,7 +136,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     if options.dynamo:
         require_dynamo_packages()
     if options.opset is None:
-        options = dataclasses.replace(options, opset=default_opset(options, ctx.config.plugins))
+        options = dataclasses.replace(options, opset=default_opset(options, ctx.newest_opset_in_reach()))
     model, inputs = build(spec, options)
     if options.weights:
         load_weights(model, options.weights)
@@ -157,7 +159,7 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
     if options.dynamo:
         name_batch_axis(exported)
     opset = opset_of(exported)
-    ctx.report["export"] = {
+    ctx.record("export", {
         "exporter": "dynamo" if options.dynamo else "torchscript",
         "opset": opset,
         "inputs": [{"name": name, "shape": list(i.shape), "dtype": i.dtype} for name, i in zip(input_names, inputs)],
@@ -165,21 +167,28 @@ def load(spec: str, options: TorchOptions, ctx: RunContext) -> onnx.ModelProto:
         "dynamic_batch": options.dynamic_batch_export,
         "weights": options.weights or "the factory's",
         "seconds": round(seconds, 3),
-    }
+    })
     log.info("  exported at opset %d with %s batch in %.1fs", opset,
              "a dynamic" if options.dynamic_batch_export else "a fixed", seconds)
     if opset > options.opset:
-        log.warning("  the dynamo exporter wrote opset %d, not the %d asked for; opset_compat brings such a model "
-                    "within onnx-tf's reach", opset, options.opset)
-    ctx.reference = reference(model)
+        log.warning("  the dynamo exporter wrote opset %d, not the %d asked for; a pass that lowers opsets "
+                    "(opset_compat) brings such a model within onnx-tf's reach", opset, options.opset)
+    ctx.set_reference(reference(model), "the PyTorch model")
     return exported
 
 
-def default_opset(options: TorchOptions, plugins: Sequence[str]) -> int:
-    """One onnx-tf converts, or a newer one when opset_compat runs to bring it within reach."""
-    if "opset_compat" not in plugins:
+def load_with_dynamic_batch(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
+    """The model exported with a dynamic batch axis: what the host loads when the fixed export's batch cannot be
+    made dynamic by the run's passes (HuggingFace text models gather their attention masks through a flattened
+    batch, for one)."""
+    return load(spec, dataclasses.replace(options, dynamic_batch_export=True), ctx)
+
+
+def default_opset(options: TorchOptions, newest_in_reach: int | None) -> int:
+    """One onnx-tf converts as it is, or a newer one when a pass of the run brings it within reach."""
+    if newest_in_reach is None:
         return DEFAULT_OPSET
-    return DYNAMO_OPSET if options.dynamo else OPSET_WITH_COMPAT
+    return min(DYNAMO_OPSET if options.dynamo else OPSET_WITH_COMPAT, newest_in_reach)
 
 
 def require_dynamo_packages() -> None:
@@ -414,7 +423,7 @@ def name_batch_axis(model: onnx.ModelProto) -> None:
                 dim.dim_param = BATCH_AXIS
 
 
-def reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+def reference(model: torch.nn.Module) -> Reference:
     """The PyTorch model as a function of numpy arrays (in input order): the parity check's reference."""
     import torch
 
@@ -430,4 +439,5 @@ def reference(model: torch.nn.Module) -> Callable[[list[np.ndarray]], list[np.nd
 def surgeon_sources():
     return [Source(name="torch", doc="Export a PyTorch model (file.py:factory, package.module:factory or "
                    "example:NAME) to ONNX; the model is the parity reference.",
-                   options=TorchOptions, accepts=accepts, load=load)]
+                   options=TorchOptions, accepts=accepts, load=load,
+                   load_with_dynamic_batch=load_with_dynamic_batch)]

@@ -1,0 +1,59 @@
+"""What dynamic_batch's fixes splice into the graph: the runtime batch size, and shapes and repeats made from it.
+
+The analysis plans each fix as a function of a ``BatchBuilder``; the pass
+runs them once the whole graph is known to take another batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_graphsurgeon as gs
+
+from surgeon.graph import Builder
+from surgeon_plugins.passes.dynamic_batch.state import Entry, Term
+
+
+class BatchBuilder(Builder):
+    """A graph kit ``Builder`` that also reads the runtime batch size N from a batched input ``source``."""
+
+    def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
+        super().__init__(graph, prefix="dynamic_batch/")
+        self.source, self.axis = source, axis
+        self.sizes: dict[int, gs.Tensor] = {}
+
+    def batch_size(self, factor: int = 1) -> gs.Tensor:
+        """An int64 [1] tensor holding N * factor (made once per factor)."""
+        if factor not in self.sizes:
+            if factor == 1:
+                self.sizes[1] = self.dims(self.source, self.axis, self.axis + 1, "batch_size")
+            else:
+                self.sizes[factor] = self.op("Mul", [self.batch_size(), self.ints(f"x{factor}", [factor])],
+                                             f"batch_size_x{factor}")
+        return self.sizes[factor]
+
+    def shape(self, entries: Sequence[Entry], base: str) -> gs.Tensor:
+        """An int64 1-D tensor of ``entries`` (ints and Terms): a constant, or a Concat of constants and N * f."""
+        if all(isinstance(e, int) for e in entries):
+            return self.ints(base, entries)
+        parts: list[gs.Tensor] = []
+        run: list[int] = []
+        for entry in entries:
+            if isinstance(entry, Term):
+                if run:
+                    parts.append(self.ints(f"{base}_part", run))
+                    run = []
+                parts.append(self.batch_size(entry.factor))
+            else:
+                run.append(entry)
+        if run:
+            parts.append(self.ints(f"{base}_part", run))
+        return self.op("Concat", parts, base, axis=0)
+
+    def repeat(self, block: gs.Tensor, axis: int, rank: int, inner: int) -> gs.Tensor:
+        """``block`` (one sample, ``inner`` long on ``axis``) repeated for each sample of the runtime batch."""
+        entries: list[Entry] = [1] * rank
+        entries[axis] = Term(1)
+        if inner == 1:
+            return self.op("Expand", [block, self.shape(entries, f"{block.name}_batch_shape")], f"{block.name}_expand")
+        return self.op("Tile", [block, self.shape(entries, f"{block.name}_repeats")], f"{block.name}_tile")

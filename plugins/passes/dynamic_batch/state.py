@@ -1,0 +1,70 @@
+"""The batch state of a tensor: what the flow analysis knows of where the batch is in it.
+
+Every tensor of the graph gets one of these states:
+
+- ``None``: it does not depend on the batch (weights, constants, shapes of those);
+- ``Batch(axis, inner, outer)``: axis ``axis`` holds the batch; at runtime its
+  size there is outer * N * inner, index o * N * inner + i * inner + r
+  belonging to sample i (``inner`` and ``outer`` are 1 for a plain batch axis);
+- ``Value(entries)``: a small integer tensor computed from shapes that depend
+  on the batch; each entry is an int, ``Term(f)`` (N * f at runtime) or None
+  (computed at runtime in a way the analysis does not follow).
+
+They are plain values, shared by the analysis, its rules and the builder of the fixes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The tensor holds the batch on ``axis``: outer x N x inner elements there."""
+
+    axis: int
+    inner: int = 1
+    outer: int = 1
+
+    @property
+    def factor(self) -> int:
+        """The size of the batch axis is N * factor."""
+        return self.inner * self.outer
+
+    def moved(self, axis: int) -> Batch:
+        """The same batch on another axis."""
+        return Batch(axis, self.inner, self.outer)
+
+
+@dataclass(frozen=True)
+class Term:
+    """A shape entry equal to N * factor at runtime."""
+
+    factor: int = 1
+
+    def __repr__(self) -> str:
+        return "N" if self.factor == 1 else f"N*{self.factor}"
+
+
+Entry = int | float | Term | None
+
+
+@dataclass(frozen=True)
+class Value:
+    """A scalar or 1-D integer tensor computed from batch-dependent shapes."""
+
+    entries: tuple[Entry, ...]
+    scalar: bool = False
+
+    @property
+    def known(self) -> bool:
+        """Every entry is a plain number: the value does not depend on the batch after all."""
+        return not any(e is None or isinstance(e, Term) for e in self.entries)
+
+
+State = Batch | Value | None
+
+
+def independent(state: State) -> bool:
+    """The tensor does not depend on the batch: no state, or a Value of plain numbers."""
+    return state is None or (isinstance(state, Value) and state.known)
