@@ -188,8 +188,8 @@ def test_a_pass_reaching_newer_opsets_raises_the_default_opset(write_plugin, tmp
     assert report["export"]["opset"] == 15
 
 
-@pytest.mark.tf
 def test_a_batch_dynamic_batch_refuses_is_exported_dynamic_instead(models: Path, tmp_path: Path, caplog) -> None:
+    caplog.set_level("WARNING", logger="surgeon")
     report = surgeon.run(f"{models}:last_position", tmp_path / "out", plugins=["dynamic_batch", "pool_fix"],
                          formats=["onnx"], batch_sizes=[1, 3, 8], options={"torch": {"input_shapes": ["1,5,4"]}})
     assert report["dynamic_batch_fallback"]["refused_by"] == "dynamic_batch"
