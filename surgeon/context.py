@@ -33,6 +33,11 @@ class Context(Protocol):
         ...
 
     @property
+    def device(self) -> str | None:
+        """The device given with ``--device``: ``cpu``, a GPU index such as ``0``, or None (not given)."""
+        ...
+
+    @property
     def writers(self) -> Sequence[str]:
         """The names of this run's writers, in the order they write (``onnx`` first)."""
         ...

@@ -137,12 +137,14 @@ def quiet_tensorflow() -> Iterator[ModuleType]:
             warnings.filterwarnings("ignore", category=DeprecationWarning)
         tensorflow = import_tensorflow()
 
-        for logger in loggers:
+        # a block inside another (a conversion inside the layout rewrite) leaves the outer block's filter alone
+        filtered = [logger for logger in loggers if _errors_only not in logger.filters]
+        for logger in filtered:
             logger.addFilter(_errors_only)
         try:
             yield tensorflow
         finally:
-            for logger in loggers:
+            for logger in filtered:
                 logger.removeFilter(_errors_only)
 
 

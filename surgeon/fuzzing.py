@@ -1,7 +1,7 @@
 """Fuzzing and a command-line harness, for surgeon's own reliability tests and its fuzz benchmark.
 
-Not part of the plugin-author API (that is ``surgeon.testing``): seeded mutations of models and their bytes, a
-small CNN to mutate, and ``surgeon`` run in this process under a time bound.
+Not part of the plugin-author API (that is ``surgeon.testing``): seeded mutations of models, their bytes and the
+names of their inputs and outputs, small models to mutate, and ``surgeon`` run in this process under a time bound.
 """
 
 from __future__ import annotations
@@ -105,3 +105,56 @@ def mutate_model(model: onnx.ModelProto, rng: Any) -> onnx.ModelProto:
     elif kind == "double" and node is not None:
         graph.node.append(node)
     return mutated
+
+
+# names a user's model may give its inputs and outputs: non-ASCII, characters that mean something to TensorFlow or
+# a shell, a number, a Python keyword, the empty string
+ODD_NAMES = ("入力", "input.1", "a/b", "x:0", "my input", "0", "class", "")
+
+
+def two_inputs() -> onnx.ModelProto:
+    """A tiny model of two inputs and two outputs with a dynamic batch: a fuzzing seed for names."""
+    return model_from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        two_inputs (float[N, 4] x, float[N, 4] y) => (float[N, 4] total, float[N, 4] product)
+        {
+            total = Add(x, y)
+            product = Mul(x, y)
+        }
+    """)
+
+
+def renamings(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """The (name, new name) pairs :func:`mutate_names` picks from: each graph input and output to each of
+    ``ODD_NAMES``, to the name of another input or output (two inputs, or an input and an output, with one name),
+    and to that name in the other case (names equal ignoring case)."""
+    names = [value.name for value in (*model.graph.input, *model.graph.output)]
+    pairs = []
+    for name in names:
+        others = [other for other in names if other != name]
+        pairs += [(name, new) for new in (*ODD_NAMES, *others, *(other.swapcase() for other in others))]
+    return pairs
+
+
+def renamed(model: onnx.ModelProto, name: str, new: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph input or output ``name`` is called ``new`` wherever the graph uses it."""
+    mutated = onnx.ModelProto()
+    mutated.CopyFrom(model)
+    graph = mutated.graph
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if value.name == name:
+            value.name = new
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for index, used in enumerate(names):
+                if used == name:
+                    names[index] = new
+    return mutated
+
+
+def mutate_names(model: onnx.ModelProto, rng: Any, renames: int = 2) -> onnx.ModelProto:
+    """``model`` with up to ``renames`` of its inputs and outputs renamed, one after the other, each by a pair of
+    :func:`renamings` (fuzzing): odd names, collisions, names equal ignoring case."""
+    for _ in range(rng.randint(1, renames)):
+        model = renamed(model, *rng.choice(renamings(model)))
+    return model

@@ -64,7 +64,11 @@ def is_surgeon_output(folder: Path) -> bool:
 
 @contextmanager
 def staged(target: Path, force: bool, keep: Sequence[Path] = ()) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``target`` (see ``check_target`` for ``keep``)."""
+    """Yield an empty staging folder; on success it replaces ``target`` (see ``check_target`` for ``keep``).
+
+    ``target`` is made absolute, ``..`` resolved, first: ``out/../out`` would otherwise stop naming the folder
+    once ``out/`` is created as its parent and moved aside as a previous output."""
+    target = Path(os.path.abspath(target))
     check_target(target, force, keep)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,11 @@ class RunConfig:
     plugin_paths: list[Path] = field(default_factory=list)
     force: bool = False
     pipeline_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        # ``..`` resolved by the spelling, as the shell user means it: ``new/../out`` is ``out``, whether ``new``
+        # exists or not (the file system would need ``new`` and would follow links)
+        self.output = Path(os.path.normpath(self.output))
 
 
 @dataclass
@@ -136,6 +142,10 @@ class RunContext:
     @property
     def batch_sizes(self) -> list[int] | None:
         return self.config.batch_sizes
+
+    @property
+    def device(self) -> str | None:
+        return self.config.device
 
     @property
     def writers(self) -> list[str]:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from surgeon import Converter, Hazard, PluginError, SurgeonError, hookimpl
 from surgeon.errors import describe as describe_error
@@ -41,6 +41,7 @@ from surgeon.naming import fresh_name, signature_input_keys
 from surgeon.onnx_io import opset_of, real_inputs
 from surgeon_plugins.converters.onnx_tf import support
 from surgeon_plugins.converters.onnx_tf.compat import mended_handlers
+from surgeon_plugins.converters.onnx_tf.layout import write_for_serving
 
 if TYPE_CHECKING:
     import onnx
@@ -56,6 +57,19 @@ POOLING_TYPES = {"AVG": "AveragePool", "MAX": "MaxPool", "MAX_WITH_ARGMAX": "Max
 class OnnxTfOptions:
     auto_cast: bool = field(default=False, metadata={
         "doc": "cast dtypes TensorFlow lacks (e.g. uint64) to ones it has, possibly losing precision"})
+    layout: Literal["auto", "cpu", "gpu", "onnx-tf"] = field(default="auto", metadata={
+        "doc": "lay the SavedModel out to serve on: cpu (channels-last inside, transposes only at the inputs and "
+               "outputs), gpu (channels-first throughout), auto (gpu when --device is a GPU, else cpu), or onnx-tf "
+               "(as onnx-tf converts for the CPU)"})
+
+
+def serving_device(layout: str, device: str | None) -> str | None:
+    """The device the SavedModel is laid out for ("CPU", "GPU"), or None for onnx-tf's own CPU conversion."""
+    if layout == "onnx-tf":
+        return None
+    if layout == "auto":
+        return "GPU" if device not in (None, "cpu") else "CPU"
+    return layout.upper()
 
 
 def input_keys(model) -> dict[str, str]:
@@ -66,7 +80,23 @@ def input_keys(model) -> dict[str, str]:
 
 def convert(model: onnx.ModelProto, options: OnnxTfOptions, target: Path, ctx: Context) -> None:
     check_convertible(model)  # before TensorFlow is imported: onnx-tf would fail on these
-    keys = to_saved_model(model, options, target)
+    keys = input_keys(model)
+    device = serving_device(options.layout, ctx.device)
+    if device is None:
+        to_saved_model(model, options, target)
+    else:
+        from surgeon.device import quiet_tensorflow
+
+        def checked_conversion(onnx_tf_device: str, folder: Path) -> None:
+            """onnx-tf's conversion, checked before the layout rewrite folds the arguments that tell which ONNX
+            node a Python callback stands for."""
+            to_saved_model(model, options, folder, onnx_tf_device)
+            check_servable(folder, model)
+
+        with quiet_tensorflow():
+            done = write_for_serving(model, checked_conversion, target, device)
+        ctx.record("layout", done)
+        log_layout(done)
     check_servable(target, model)  # every writer of this SavedModel relies on it
     renamed = {name: key for name, key in keys.items() if key != name}
     ctx.record("signature_names", renamed)
@@ -95,8 +125,18 @@ def check_convertible(model: onnx.ModelProto) -> None:
                        nodes=[node.name for node, _ in unconvertible if node.name])
 
 
-def to_saved_model(model, options: OnnxTfOptions, target: Path) -> dict[str, str]:
-    """The conversion alone, unchecked; returns each input's key in the serving signature (``input_keys``)."""
+def log_layout(done: dict) -> None:
+    """One line on how the SavedModel was laid out (``write_for_serving``'s record)."""
+    if not done["rewritten"]:
+        log.info("  laid out as onnx-tf converts for %s: %s", done["onnx_tf_device"], done["why_not"])
+        return
+    left = ", ".join(f"{done['ops_after'].get(op, 0)} {op}" for op in ("Transpose", "Pad"))
+    log.info("  laid out %s for the %s in %.1fs (%s left)", done["layout"], done["device"], done["seconds"], left)
+
+
+def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "CPU") -> dict[str, str]:
+    """The conversion alone, unchecked, by onnx-tf for ``device`` ("CPU" or "CUDA": channels-first throughout);
+    returns each input's key in the serving signature (``input_keys``)."""
     from surgeon.device import quiet_tensorflow, verbose
 
     keys = input_keys(model)
@@ -105,8 +145,8 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path) -> dict[str, str
     with quiet_tensorflow(), mended_handlers() as onnx_tf:
         imported = time.perf_counter()
         try:
-            representation = onnx_tf.backend.prepare(readable, logging_level="INFO" if verbose() else "ERROR",
-                                                     auto_cast=options.auto_cast)
+            representation = onnx_tf.backend.prepare(readable, device=device, auto_cast=options.auto_cast,
+                                                     logging_level="INFO" if verbose() else "ERROR")
             prepared = time.perf_counter()
             export(representation, target, keys)
         except Exception as error:
@@ -215,7 +255,7 @@ def check_servable(path: Path, model: onnx.ModelProto) -> None:
     if nodes:
         where = "for " + ", ".join(map(describe, nodes))
     else:
-        where = "for ONNX nodes that could not be identified"
+        where = "for nodes that could not be identified"
     raise SurgeonError(
         f"the converted SavedModel calls back into Python (PyFunc) {where}: TF Serving, Triton and every "
         "fresh process fail on it ('Could not find callback'), so no SavedModel was written",
