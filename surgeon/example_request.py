@@ -19,13 +19,13 @@ import shlex
 from typing import Any
 
 from surgeon.errors import SurgeonError
+from surgeon.feeds import SYMBOLIC_DIM_SIZE
 
 SIGNATURE_NAME = "serving_default"
 REST_PORT, GRPC_PORT = 8501, 8500
 PREDICT_URL = "http://localhost:{port}/v1/models/{name}:predict"
 REQUEST_FILE = "request.json"
 INLINE_LIMIT = 400  # characters of body sent inline by curl
-SYMBOLIC_DIM_SIZE = 4  # what verification feeds a symbolic dimension other than the batch (surgeon.verify)
 INTEGER_DTYPES = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"})
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 

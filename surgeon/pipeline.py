@@ -23,6 +23,7 @@ import onnx
 from surgeon import device, options, output, stack
 from surgeon.context import Reference
 from surgeon.discovery import Registry, discover
+from surgeon.feeds import batch_sizes, random_feed, static_batch
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
 from surgeon.plugin import Converter, Hazard, RewritePass, Source, Writer
 from surgeon.onnx_io import oversized_tensor
@@ -324,12 +325,12 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
     model, config, plan = ctx.model, ctx.config, ctx.plan
     if ctx.source_model is None:
         raise SurgeonError("verification runs once the source is loaded")
-    feeds = {size: verify.random_feed(model, size) for size in verify.batch_sizes(model, config.batch_sizes)}
+    feeds = {size: random_feed(model, size) for size in batch_sizes(model, config.batch_sizes)}
     run, what = verify.reference_runner(ctx.source_model, model, ctx.reference, plan.passes)
     ctx.record("reference", what)
     table = verify.compare_stages(verify.stage_runners(model, ctx.served_models),
                                   verify.reference_outputs(run, what, feeds), feeds,
-                                  by_sample=verify.static_batch(model) is None, atol=config.atol, rtol=config.rtol,
+                                  by_sample=static_batch(model) is None, atol=config.atol, rtol=config.rtol,
                                   names=[value.name for value in model.graph.output])
     for line in verify.format_table(table):
         log.info("%s", line)

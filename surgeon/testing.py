@@ -24,7 +24,8 @@ import onnx.parser
 from surgeon import options as option_parsing
 from surgeon.plugin import RewritePass
 from surgeon.rewrite import PassRecord, run_passes
-from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, compare, onnxruntime_runner, random_feed
+from surgeon.feeds import random_feed
+from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL, compare, onnxruntime_runner
 
 
 def model_from_text(text: str) -> onnx.ModelProto:

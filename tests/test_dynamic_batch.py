@@ -19,7 +19,8 @@ import pytest
 import surgeon
 from surgeon import SurgeonError, UsageError
 from surgeon.testing import apply_pass, apply_pass_with_record, assert_idempotent, find_pass, model_from_text
-from surgeon.verify import compare, onnxruntime_runner, random_feed
+from surgeon.feeds import random_feed
+from surgeon.verify import compare, onnxruntime_runner
 
 SIZES = (1, 3, 8)
 EXPORT_BATCHES = (1, 2)

@@ -25,7 +25,7 @@ import surgeon
 from surgeon.naming import signature_input_keys
 from surgeon.saved_model_info import read_meta_graph, signatures
 from surgeon.testing import model_from_text, run_onnx
-from surgeon.verify import random_feed
+from surgeon.feeds import random_feed
 from surgeon_plugins.writers.triton import TritonOptions, config_text, perf_analyzer_command
 
 INPUTS = ["input.1", "images:0", "enc/in", "my input", "0", "入力", "a.b", "a_b"]

@@ -17,7 +17,6 @@ import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import onnx
@@ -163,8 +162,8 @@ REPRESENTATIVE = (
 class Result:
     before: str  # "ok", "wrong values ...", or "fails: ..."
     fixable: bool = False  # opset_compat plans to bring every node within onnx-tf's set
-    after: Optional[str] = None
-    same_on_onnxruntime: Optional[bool] = None  # None: onnxruntime runs neither
+    after: str | None = None
+    same_on_onnxruntime: bool | None = None  # None: onnxruntime runs neither
     left: list[str] = field(default_factory=list)  # why nodes stay beyond onnx-tf's set, or why it fails anyway
 
 
@@ -201,7 +200,7 @@ def onnx_tf_outcome(model: onnx.ModelProto, case: BackendCase) -> str:
     return "ok" if close(outputs, case.outputs) else "wrong values"
 
 
-def same_on_onnxruntime(original: onnx.ModelProto, rewritten: onnx.ModelProto, case: BackendCase) -> Optional[bool]:
+def same_on_onnxruntime(original: onnx.ModelProto, rewritten: onnx.ModelProto, case: BackendCase) -> bool | None:
     try:
         reference = run_onnx(original, case.inputs)
     except Exception:
@@ -233,7 +232,7 @@ def check(case: BackendCase) -> Result:
     return result
 
 
-def limit(name: str, failure: str) -> Optional[str]:
+def limit(name: str, failure: str) -> str | None:
     return next((why for pattern, how, why, *_ in LIMITS if re.match(pattern, name) and re.search(how, failure)), None)
 
 

@@ -28,7 +28,7 @@ from surgeon.options import build
 from surgeon.saved_model_info import describe, format_description, read_meta_graph, signatures
 from surgeon.serving import run_in_fresh_process
 from surgeon.stack import minor_version
-from surgeon.verify import random_feed
+from surgeon.feeds import random_feed
 from surgeon_plugins.writers.tf_serving import TfServingOptions, prediction_log
 
 TENSORFLOW = metadata.version("tensorflow")

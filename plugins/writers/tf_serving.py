@@ -47,7 +47,7 @@ from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import default_name
 from surgeon.saved_model_info import read_meta_graph, signatures
-from surgeon.verify import batch_sizes, random_feed
+from surgeon.feeds import batch_sizes, random_feed
 
 log = logging.getLogger("surgeon")
 

@@ -49,7 +49,7 @@ from surgeon.naming import signature_input_keys
 from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import Entry, default_name, publish_versions as publish_entries
-from surgeon.verify import static_batch
+from surgeon.feeds import SYMBOLIC_DIM_SIZE, static_batch
 
 log = logging.getLogger("surgeon")
 
@@ -67,7 +67,6 @@ PLATFORMS = {"savedmodel": ("tensorflow_savedmodel", "model.savedmodel"), "onnx"
 LAST_TENSORFLOW_RELEASE = "25.02"
 DEFAULT_RELEASE = "26.07"  # a current release, for the printed docker command
 IMAGE = "nvcr.io/nvidia/tritonserver:{release}-py3"
-SYMBOLIC_DIM_SIZE = 4  # what verification feeds a symbolic dimension other than the batch
 PORTS = (8000, 8001, 8002)  # HTTP, GRPC, metrics
 GRPC_URL = "localhost:8001"
 CONCURRENCY = "1:4"

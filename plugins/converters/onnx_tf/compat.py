@@ -36,7 +36,7 @@ import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from surgeon import SurgeonError
 from surgeon_plugins.converters.onnx_tf.support import INSTALL_ONNX_TF
@@ -252,7 +252,7 @@ class MendedOnnxTf:
     backend: types.ModuleType
     in_progress: list[Any] = field(default_factory=list)  # onnx-tf's node wrappers; a failed one stays on top
 
-    def failed_node(self) -> Optional[str]:
+    def failed_node(self) -> str | None:
         """The name of the ONNX node whose handler raised (None when no handler did)."""
         return self.in_progress[-1].name if self.in_progress else None
 
