@@ -9,7 +9,8 @@ Each plugin lives in a module named after it, under the folder of its kind::
     passes/gru_fix.py            gru_fix
     passes/opset_compat/         opset_compat
     passes/rename_outputs.py     rename_outputs
-    converters/onnx_tf/          onnx_tf        (compat.py: onnx-tf on today's TensorFlow; support.py: its operators)
+    converters/onnx_tf/          onnx_tf        (compat.py: onnx-tf on today's TensorFlow; support.py: its operators;
+                                                layout.py, graph_rewrites.py: the SavedModel laid out to serve)
     writers/onnx.py              onnx           OUT/model.onnx, always written
     writers/saved_model.py       saved_model
     writers/frozen_pb.py         frozen_pb

@@ -228,7 +228,7 @@ def function_body(path: Path):
 
 def data_formats(path: Path, *ops: str) -> set[str]:
     """The data formats of the ``ops`` nodes of the SavedModel at ``path`` (saving leaves defaults out)."""
-    from surgeon_plugins.converters.onnx_tf.layout import data_format
+    from surgeon_plugins.converters.onnx_tf.graph_rewrites import data_format
 
     return {data_format(node) for node in function_body(path).node_def if node.op in ops}
 
@@ -362,6 +362,6 @@ def test_graph_with_variables_is_refused(tmp_path: Path) -> None:
     (8, 3, 2, 1, 1, False), (7, 3, 2, 1, 1, True), (128, 7, 2, 3, 3, False), (9, 2, 2, 0, 1, True),
     (8, 2, 2, 0, 1, True), (8, 2, 2, 1, 0, False)])
 def test_same_padding(size, kernel, stride, before, after, same) -> None:
-    from surgeon_plugins.converters.onnx_tf.layout import same_padding
+    from surgeon_plugins.converters.onnx_tf.graph_rewrites import same_padding
 
     assert same_padding(size, kernel, stride, 1, before, after) is same
