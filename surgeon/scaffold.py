@@ -94,7 +94,7 @@ def run(graph, options):
 
 
 def detect(graph, options):
-    return [Finding(where=describe(node), message="divides by 1: it can go" if value == 1
+    return [Finding(where=describe(node), nodes=(node.name,), message="divides by 1: it can go" if value == 1
                     else f"divides by the constant {{value}}: a multiplication is cheaper")
             for node, value in targets(graph, options)]
 
