@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import os
 import subprocess
@@ -16,31 +14,21 @@ import pytest
 
 from surgeon.testing import model_from_text
 
-TENSORFLOW_PACKAGES = ("tensorflow", "tf_keras", "keras")
+GRAPH_ONLY = Path(__file__).parent / "graph_only"  # its sitecustomize makes TensorFlow unimportable
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--graph-only", action="store_true",
-                     help="run only the tests that need no TensorFlow (not marked tf), with TensorFlow unimportable")
-
-
-class NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Makes importing TensorFlow fail, so a test that needs it but is not marked ``tf`` fails under --graph-only.
-    Finding a package without importing it still works (surgeon reads onnx-tf's operator table as text)."""
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
-        return importlib.util.spec_from_loader(name, self) if name.split(".")[0] in TENSORFLOW_PACKAGES else None
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
-        raise ImportError(f"{spec.name} imported under --graph-only: mark the test @pytest.mark.tf")
-
-    def exec_module(self, module: object) -> None:
-        """Never reached: ``create_module`` refuses."""
+                     help="run only the tests that need no TensorFlow (not marked tf), with TensorFlow unimportable "
+                          "in the test process and in every Python process it starts")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--graph-only"):
-        sys.meta_path.insert(0, NoTensorFlow())
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GRAPH_ONLY), os.environ.get("PYTHONPATH")]))
+        spec = importlib.util.spec_from_file_location("graph_only_site", GRAPH_ONLY / "sitecustomize.py")
+        assert spec is not None and spec.loader is not None
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))  # this process too
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -163,6 +163,7 @@ def test_the_frozen_graph_names_its_tensors_by_the_onnx_names(runs):
     assert (out / "frozen_pb" / "model.pb").stat().st_size > 0
 
 
+@pytest.mark.tf
 def test_the_command_line_shows_each_stage_and_the_parity_table_without_tensorflow_noise(tmp_path):
     import torch
 
@@ -193,6 +194,7 @@ def pyfunc_pooling_model(tmp_path_factory):
     return export(net, (1, 3, 10, 10), folder / "pyfunc_pooling.onnx", outputs=("result",))
 
 
+@pytest.mark.tf
 def test_pyfunc_pooling_fails_naming_the_node_and_pool_fix_and_leaves_no_output(pyfunc_pooling_model, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run([str(SURGEON), "run", str(pyfunc_pooling_model), "-o", str(out)], capture_output=True, text=True,
@@ -423,6 +425,7 @@ def test_a_trailing_empty_optional_input_converts(tmp_path):
     assert list(onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node[0].input) == ["x", "pads", ""]
 
 
+@pytest.mark.tf
 def test_a_failure_inside_onnx_tf_names_the_onnx_node(tmp_path):
     path = tmp_path / "resize.onnx"
     onnx.save(model_from_text("""

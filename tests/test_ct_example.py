@@ -62,6 +62,7 @@ def test_other_shapes_are_refused(shape: tuple[int, ...]) -> None:
         ct_position(shape)
 
 
+@pytest.mark.tf
 def test_example_runs_the_whole_pipeline(cli, tmp_path: Path) -> None:
     """``surgeon run --example ct-position -o OUT``: exported at batch 1 as in the recipe, the example's
     plugins rewrite the flatten's frozen batch, and the SavedModel serves at batch 1 and 3."""

@@ -140,6 +140,7 @@ def test_the_data_type_tables_are_onnx_1_18s_where_onnx_still_has_them():
         assert dict(getattr(tables, name)) == dict(getattr(mapping, name)), name
 
 
+@pytest.mark.tf
 def test_importing_onnx_tf_leaves_no_stand_in_visible_to_the_rest_of_the_process(tmp_path):
     child = textwrap.dedent("""
         import sys, onnx, onnx.helper

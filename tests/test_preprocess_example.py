@@ -46,6 +46,7 @@ def test_package_tests_pass_when_installed(env):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.tf
 def test_served_model_takes_raw_images_and_matches_pytorch_on_normalized_tensors(env, tmp_path, cli):
     net = tmp_path / "net.py"
     net.write_text(NET)

@@ -47,6 +47,7 @@ def converted(tiny_file):
     return result, folder / "out"
 
 
+@pytest.mark.tf
 def test_a_run_shows_its_stages_and_no_tensorflow_noise(converted):
     result, _ = converted
     assert result.returncode == 0, result.stderr
@@ -55,6 +56,7 @@ def test_a_run_shows_its_stages_and_no_tensorflow_noise(converted):
     assert noise(result.stderr) == [], result.stderr
 
 
+@pytest.mark.tf
 def test_the_serving_child_writes_no_tensorflow_noise(converted, tmp_path):
     """The child as ``surgeon.serving.run_in_fresh_process`` starts it; with --verbose its stderr is the user's."""
     result, out = converted

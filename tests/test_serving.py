@@ -151,6 +151,7 @@ def test_names_the_signature_lacks_are_a_clear_error(native):
         run_in_fresh_process(path, [feed(1)], ["images"], ["s"])
 
 
+@pytest.mark.tf
 def test_a_folder_without_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(SurgeonError, match=f"{tmp_path} cannot be run in a fresh process: .*SavedModel"):
         run_in_fresh_process(tmp_path, [feed(1)], ["x"], ["s"])

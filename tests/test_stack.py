@@ -156,6 +156,7 @@ def plain_saved_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.tf
 def test_inspect_of_a_saved_model_without_the_record(plain_saved_model):
     result = subprocess.run([sys.executable, "-m", "surgeon", "inspect", str(plain_saved_model)], capture_output=True,
                             text=True, timeout=120)
@@ -170,6 +171,7 @@ def test_inspect_of_a_saved_model_without_the_record(plain_saved_model):
     assert info["tensorflow"] == version and info["stack"] is None and info["stack_problem"] is None
 
 
+@pytest.mark.tf
 def test_an_unreadable_record_is_named_not_fatal(plain_saved_model, tmp_path):
     copy = tmp_path / "saved_model"
     subprocess.run(["cp", "-r", str(plain_saved_model), str(copy)], check=True)

@@ -334,6 +334,7 @@ def test_saved_model_matches_pytorch_at_several_batch_sizes(models: Path, tmp_pa
     assert (tmp_path / "out" / "saved_model" / "saved_model.pb").is_file()
 
 
+@pytest.mark.tf
 def test_dynamo_export_serves_like_pytorch_at_several_batch_sizes(dynamo_exporter, cli, models: Path,
                                                                    tmp_path: Path) -> None:
     """Exported at batch 1 by dynamo at opset 18 in the surgeon process, then made dynamic, fitted to onnx-tf,

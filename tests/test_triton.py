@@ -196,6 +196,7 @@ def test_the_release_decides_which_entries_the_docker_command_loads(two_model, t
     assert perf_arguments(savedmodel_only["perf_analyzer"])["-m"] == ["two"]
 
 
+@pytest.mark.tf
 def test_a_triton_only_run_verifies_the_saved_model_of_its_entry_in_a_fresh_process(two_path, tmp_path, cli):
     out = tmp_path / "out"
     result = cli("run", two_path, "-o", out, "--format", "triton", "--batch-sizes", "1,2",
