@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 ONNX_DOMAINS = ("", "ai.onnx")
 # onnx-tf declares tensorflow-addons, which has no wheel for Python >= 3.12 and breaks under Keras 3;
-# surgeon supplies what onnx-tf took from it (onnx_tf_compat), so onnx-tf is installed without it
+# surgeon supplies what onnx-tf took from it (compat.py), so onnx-tf is installed without it
 INSTALL_ONNX_TF = "pip install --no-deps onnx-tf==1.10.0"
 
 

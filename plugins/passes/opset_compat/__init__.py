@@ -1,7 +1,8 @@
 """opset_compat: fit a model to the operator versions the installed onnx-tf converts.
 
 onnx-tf converts a node only when it implements the version of the
-operator's schema in force at the model's opset (see ``onnx_tf_support``).
+operator's schema in force at the model's opset (see the converter's
+``support`` module).
 Modern exports fall outside that set: onnx-tf 1.10 has no Squeeze-13 or
 Unsqueeze-13, so nearly every model exported at opset 13 or later fails, and
 no LayerNormalization (opset 17) or Gelu (opset 20) at all.
