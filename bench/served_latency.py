@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from stacks import stack  # beside this script
+from zoo import seeded  # batch-norm statistics that are not the identity, as trained ones are not
 
 RESULTS = Path(__file__).parent / "results" / "served_latency.md"
 BATCHES = (1, 8)
@@ -162,24 +163,6 @@ def ct_position(shape: tuple[int, ...]):
     from surgeon_plugins import examples
 
     return examples.get("ct-position").factory(input_shape=shape)
-
-
-def seeded(module):
-    """``module`` in eval mode with batch-norm statistics that are not the identity, as trained ones are not.
-
-    Untrained statistics fold into convolutions without a bias, which
-    Grappler then drops: the served graph would be lighter than a trained
-    model's.
-    """
-    import torch
-    from torch import nn
-
-    generator = torch.Generator().manual_seed(1)
-    for norm in module.modules():
-        if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-            norm.running_mean.uniform_(-0.5, 0.5, generator=generator)
-            norm.running_var.uniform_(0.5, 1.5, generator=generator)
-    return module.eval()
 
 
 def models(ct_shape: tuple[int, ...]) -> dict[str, tuple[Callable[[], Any], tuple[int, ...]]]:

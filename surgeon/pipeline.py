@@ -29,7 +29,7 @@ from surgeon.plugin import Converter, Hazard, RewritePass, Source, Writer
 from surgeon.onnx_io import oversized_tensor
 from surgeon.rewrite import run_passes
 from surgeon import verify
-from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from surgeon.verify import DEFAULT_ATOL, DEFAULT_RTOL  # the RunConfig field `verify` hides the module there
 from surgeon.version import __version__
 
 log = logging.getLogger("surgeon")

@@ -61,7 +61,7 @@ import numpy as np
 import onnx
 
 from surgeon.errors import SurgeonError, describe
-from surgeon.feeds import Feed, batch_sizes, random_feed, static_batch
+from surgeon.feeds import Feed, static_batch
 from surgeon.onnx_io import real_inputs
 
 if TYPE_CHECKING:

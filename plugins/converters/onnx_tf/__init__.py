@@ -134,12 +134,11 @@ def log_layout(done: dict) -> None:
     log.info("  laid out %s for the %s in %.1fs (%s left)", done["layout"], done["device"], done["seconds"], left)
 
 
-def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "CPU") -> dict[str, str]:
-    """The conversion alone, unchecked, by onnx-tf for ``device`` ("CPU" or "CUDA": channels-first throughout);
-    returns each input's key in the serving signature (``input_keys``)."""
+def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "CPU") -> None:
+    """The conversion alone, unchecked, by onnx-tf for ``device`` ("CPU" or "CUDA": channels-first throughout),
+    each input under its key in the serving signature (``input_keys``)."""
     from surgeon.device import quiet_tensorflow, verbose
 
-    keys = input_keys(model)
     readable = readable_by_onnx_tf(model)
     started = time.perf_counter()
     with quiet_tensorflow(), mended_handlers() as onnx_tf:
@@ -148,7 +147,7 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "C
             representation = onnx_tf.backend.prepare(readable, device=device, auto_cast=options.auto_cast,
                                                      logging_level="INFO" if verbose() else "ERROR")
             prepared = time.perf_counter()
-            export(representation, target, keys)
+            export(representation, target, input_keys(model))
         except Exception as error:
             failed = onnx_tf.failed_node()
             if failed is None or isinstance(error, SurgeonError):
@@ -160,7 +159,6 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "C
                               hazard=Hazard.UNCONVERTIBLE_NODE, nodes=[node.name] if node.name else []) from error
     log.debug("onnx-tf: import (with TensorFlow) %.1fs, prepare %.1fs, export %.1fs",
               imported - started, prepared - imported, time.perf_counter() - prepared)
-    return keys
 
 
 def users_node(model: onnx.ModelProto, readable: onnx.ModelProto, name: str) -> onnx.NodeProto:
