@@ -64,8 +64,8 @@ class TwoInputs(nn.Module):
 
 
 class LastPosition(nn.Module):
-    """Each sample's last position picked through the flattened batch, as HuggingFace text models pool and mask:
-    rows computed from the batch size, which no rewrite of a batch-1 export can make dynamic."""
+    """Each sample's last position picked through the flattened batch, rows computed from the batch size: tracing
+    folds them into one constant row list, which no rewrite of a batch-1 export can tell from fixed rows."""
 
     def __init__(self):
         super().__init__()

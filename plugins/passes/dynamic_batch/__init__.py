@@ -7,7 +7,8 @@ batched tensors, attention reshapes use ``x.shape[0]``), and static dims left
 on the outputs make onnx-tf reshape the served output to them.
 
 This pass follows the batch from the inputs through the graph (see
-``flow``, with the per-op ``rules`` and ``shape_rules``), rewrites every
+``flow``, with the per-op ``rules``, ``shape_rules`` and ``indexing``: index
+arithmetic that gathers each sample's rows of a flattened batch), rewrites every
 constant that carries the export batch where the batch flows so that it
 follows the runtime batch (with the tensors of ``build``), names the batch
 dim on the inputs, outputs and intermediate shapes, and stops with an error

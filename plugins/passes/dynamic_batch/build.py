@@ -1,4 +1,5 @@
-"""What dynamic_batch's fixes splice into the graph: the runtime batch size, and shapes and repeats made from it.
+"""What dynamic_batch's fixes splice into the graph: the runtime batch size, and shapes, repeats and sample
+indices made from it.
 
 The analysis plans each fix as a function of a ``BatchBuilder``; the pass
 runs them once the whole graph is known to take another batch size.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import onnx_graphsurgeon as gs
+from numpy.typing import DTypeLike
 
 from surgeon.graph import Builder
 from surgeon_plugins.passes.dynamic_batch.state import Entry, Term
@@ -21,6 +24,7 @@ class BatchBuilder(Builder):
         super().__init__(graph, prefix="dynamic_batch/")
         self.source, self.axis = source, axis
         self.sizes: dict[int, gs.Tensor] = {}
+        self.sample_indices: dict[tuple[tuple[int, ...], int, str], gs.Tensor] = {}
 
     def batch_size(self, factor: int = 1) -> gs.Tensor:
         """An int64 [1] tensor holding N * factor (made once per factor)."""
@@ -57,3 +61,23 @@ class BatchBuilder(Builder):
         if inner == 1:
             return self.op("Expand", [block, self.shape(entries, f"{block.name}_batch_shape")], f"{block.name}_expand")
         return self.op("Tile", [block, self.shape(entries, f"{block.name}_repeats")], f"{block.name}_tile")
+
+    def sample_index(self, dims: Sequence[int], axis: int, dtype: DTypeLike) -> gs.Tensor:
+        """The sample index of the runtime batch: a tensor of ``dims`` with N on ``axis``, holding 0 to N - 1
+        along that axis and the same across the others, as ``dtype`` (made once per form; Range: opset 11)."""
+        key = (tuple(dims), axis, np.dtype(dtype).str)
+        if key not in self.sample_indices:
+            count = self.op("Reshape", [self.batch_size(), self.ints("scalar", [])], "sample_count", dtype=np.int64)
+            numbers = self.op("Range", [self.ints("zero", 0), count, self.ints("one", 1)], "sample_numbers",
+                              dtype=np.int64)
+            placed = [-1 if k == axis else 1 for k in range(len(dims))]
+            index = self.op("Reshape", [numbers, self.ints("sample_index_shape", placed)], "sample_index",
+                            dtype=np.int64)
+            if any(size != 1 for k, size in enumerate(dims) if k != axis):
+                entries: list[Entry] = [Term(1) if k == axis else size for k, size in enumerate(dims)]
+                index = self.op("Expand", [index, self.shape(entries, "sample_index_dims")], "sample_index_expand",
+                                dtype=np.int64)
+            if np.dtype(dtype) != np.int64:
+                index = self.cast(index, dtype, "sample_index_cast")
+            self.sample_indices[key] = index
+        return self.sample_indices[key]

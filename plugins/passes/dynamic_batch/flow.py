@@ -19,6 +19,11 @@ naming the node. Nothing is decided by looking for the value B alone.
 At batch 1 a Reshape can often place the batch on several axes (``[1, 512]``
 to ``[1, 1, 512]``); the walk takes the likeliest and, when that leads to
 mixed samples further on, backtracks to the next (``follow``).
+
+Tracing folds ``arange`` of the batch into a constant (``[[[[0]]]]`` at batch
+1); a rule that finds such a constant behind indices gathering along the batch
+axis (see ``indexing``) makes the walk start again with it taken as the sample
+index, which then carries the batch and is rebuilt from the runtime batch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from surgeon import SurgeonError
 from surgeon.graph import constant_value, describe
 from surgeon.shapes import captured, inferred_types, opset_imports, topological
 from surgeon_plugins.passes.dynamic_batch.build import BatchBuilder
-from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, independent
+from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, Positions, State, Term, Value, independent
 
 PROBE = 4099  # stands in for a symbolic batch when inferring static dims
 EVALUATION_LIMIT = 1 << 20  # elements: larger constant subgraphs are not evaluated at rewrite time
@@ -57,13 +62,22 @@ class Fix:
         return describe(self.node)
 
 
-ATTEMPTS = 64  # interpretations of ambiguous reshapes tried before giving up
+class Reinterpret(Exception):
+    """Raised by a rule that found a constant that can be the export's sample index (see ``sample_axes``): the
+    walk starts again with ``tensor`` taken as one."""
+
+    def __init__(self, tensor: gs.Tensor) -> None:
+        super().__init__(tensor.name)
+        self.tensor = tensor
+
+
+ATTEMPTS = 64  # interpretations of ambiguous reshapes and constants tried before giving up
 
 
 def follow(graph: gs.Graph, batched: Sequence[gs.Tensor], axis: int, export_batch: int | None,
            rules: Mapping[str, Rule]) -> Flow:
     """The first consistent flow of the batch through ``rules``, trying the alternatives of ambiguous reshapes
-    depth first.
+    depth first, and starting again whenever a rule takes a constant as the sample index.
 
     Raises the error of the likeliest interpretation when none is consistent.
     """
@@ -73,13 +87,16 @@ def follow(graph: gs.Graph, batched: Sequence[gs.Tensor], axis: int, export_batc
         try:
             flow.walk()
             return flow
+        except Reinterpret as found:
+            flow = Flow(graph, batched, axis, export_batch, rules, flow.choices, flow,
+                        (*flow.sample_indices, found.tensor))
         except SurgeonError as error:
             first_error = first_error or error
             choices = flow.next_choices()
             if choices is None:
                 break
-            flow = Flow(graph, batched, axis, export_batch, rules, choices, flow)
-    raise first_error
+            flow = Flow(graph, batched, axis, export_batch, rules, choices, flow, flow.sample_indices)
+    raise first_error or SurgeonError(f"the batch flow was still undecided after {ATTEMPTS} interpretations")
 
 
 class Flow:
@@ -87,7 +104,7 @@ class Flow:
 
     def __init__(self, graph: gs.Graph, batched: Sequence[gs.Tensor], axis: int, export_batch: int | None,
                  rules: Mapping[str, Rule], choices: dict[int, int] | None = None,
-                 previous: Flow | None = None) -> None:
+                 previous: Flow | None = None, sample_indices: Sequence[gs.Tensor] = ()) -> None:
         self.graph = graph
         self.rules = rules
         self.opset = graph.opset
@@ -97,9 +114,14 @@ class Flow:
             self.order = topological(graph)
             self.types = inferred_types(graph, self.order, {id(tensor): (axis, self.batch) for tensor in batched})
             self.values: dict[int, np.ndarray | None] = {}
+            self.inferred: set[int] = set()  # batch-independent nodes inferred one by one (see static_dims)
         else:  # static facts do not depend on where the batch flows
             self.order, self.types, self.values = previous.order, previous.types, previous.values
+            self.inferred = previous.inferred
+        self.rank_in_order = {id(node): k for k, node in enumerate(self.order)}
         self.states: dict[int, State] = {id(tensor): Batch(axis) for tensor in batched}
+        self.positions: dict[int, Positions] = {}  # tensor id -> what a batched index tensor holds
+        self.sample_indices = tuple(sample_indices)  # constants taken as the sample index of the export batch
         self.choices = choices or {}
         self.decisions: list[tuple[int, int, int]] = []  # (node id, choice, alternatives) in walk order
         self.fixes: list[Fix] = []
@@ -130,6 +152,9 @@ class Flow:
         return None
 
     def visit(self, node: gs.Node) -> None:
+        for index, tensor in enumerate(node.inputs):
+            if any(tensor is taken for taken in self.sample_indices):
+                self.number_samples(node, index)
         inner = [self.state(t) for t in captured(node)]
         if not all(independent(state) for state in inner):
             self.fail(node, "uses a batch-dependent tensor inside a subgraph")
@@ -157,6 +182,20 @@ class Flow:
     def fix(self, node: gs.Node, index: int, reason: str, build: Callable[[BatchBuilder], gs.Tensor]) -> None:
         self.fixes.append(Fix(node, index, reason, build))
 
+    def number_samples(self, node: gs.Node, index: int) -> None:
+        """``node.inputs[index]``, a constant taken as the sample index, carries the batch on one of its
+        ``sample_axes`` (the likeliest first) and is rebuilt in ``node`` from the runtime batch."""
+        tensor = node.inputs[index]
+        array = constant_value(tensor)
+        assert array is not None, "only constants are taken as the sample index"
+        if id(tensor) not in self.states:
+            self.states[id(tensor)] = self.choose(node, [Batch(k) for k in sample_axes(array, self.batch)])
+            self.positions[id(tensor)] = Positions(stride=1, span=1)
+        axis = self.states[id(tensor)].axis
+        self.fix(node, index, f"{tensor.name!r} numbers the samples of the export batch {self.batch} on axis "
+                              f"{axis}; it numbers those of the runtime batch instead",
+                 lambda b: b.sample_index(array.shape, axis, array.dtype))
+
     # -- what is known about tensors
 
     def dims_of(self, tensor: gs.Tensor) -> list[int | None] | None:
@@ -164,6 +203,9 @@ class Flow:
         if isinstance(tensor, gs.Constant):
             return list(tensor.shape)
         dims = self.types.get(tensor.name, (None, None))[1]
+        if (dims is None or None in dims) and independent(self.state(tensor)):
+            self.static_dims(tensor)
+            dims = self.types.get(tensor.name, (None, None))[1]
         declared = tensor.shape
         if dims is None and declared is not None:
             dims = [None] * len(declared)
@@ -266,6 +308,22 @@ class Flow:
         if dims is None or len(dims) > 1 or None in dims or (dims and dims[0] > 64):
             self.fail(node, "computes data from the batch size")
         return Value((None,) * (dims[0] if dims else 1), scalar=not dims)
+
+    def static_dims(self, tensor: gs.Tensor) -> None:
+        """Fill the dims graph-wide inference missed on a batch-independent tensor: its batch-independent
+        producers are inferred one by one, producers first, with the values the walk knows (the shape of an
+        Expand computed by a Where, say)."""
+        chain, pending = [], [tensor]
+        while pending:
+            current = pending.pop()
+            node = current.inputs[0] if current.inputs else None
+            if node is None or id(node) in self.inferred or not all(independent(self.state(t)) for t in node.inputs):
+                continue
+            self.inferred.add(id(node))
+            chain.append(node)
+            pending.extend(t for t in node.inputs if None in (self.types.get(t.name, (None, None))[1] or [None]))
+        for node in sorted(chain, key=lambda n: self.rank_in_order.get(id(n), -1)):
+            self.infer(node)
 
     def infer(self, node: gs.Node) -> None:
         """Fill the dims graph-wide inference missed, inferring ``node`` alone with what the flow knows."""
@@ -417,6 +475,12 @@ def evaluate(node: gs.Node, arrays: Sequence[np.ndarray | None], graph: gs.Graph
     from onnx.reference import ReferenceEvaluator
     from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+    if node.op == "GatherElements":  # the reference evaluator's fails on axes longer than numpy.choose takes
+        data, indices = arrays
+        if data is None or indices is None:
+            return None
+        axis = normalized(node.attrs.get("axis", 0), data.ndim)
+        return [np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis)]
     named = {t.name: a for t, a in zip(node.inputs, arrays) if t.name}
     proto = onnx.helper.make_graph(
         [OnnxExporter.export_node(node)], "evaluate",
@@ -430,6 +494,16 @@ def evaluate(node: gs.Node, arrays: Sequence[np.ndarray | None], graph: gs.Graph
 
 
 Rule = Callable[[Flow, gs.Node], list[State]]  # the states of a node's outputs, from those of its inputs
+
+
+def sample_axes(array: np.ndarray, batch: int) -> list[int]:
+    """The axes along which integer ``array`` numbers the samples of a batch of ``batch`` (0 to batch - 1 along
+    the axis, the same across the others): where it can be ``arange`` of the batch, folded by tracing."""
+    if array.dtype.kind not in "iu":
+        return []
+    return [k for k in range(array.ndim) if array.shape[k] == batch and np.array_equal(
+        array, np.broadcast_to(np.arange(batch).reshape([-1 if j == k else 1 for j in range(array.ndim)]),
+                               array.shape))]
 
 
 def normalized(axis: int, rank: int) -> int:

@@ -5,13 +5,15 @@ returns the states of its outputs (see ``state``); it raises, through
 ``flow.fail``, where samples would mix, and plans, through ``flow.require``
 and ``flow.fix``, the rewrites that make baked-in batch sizes follow the
 runtime batch. The rules of ops that move the batch between axes or
-compute shapes are in ``shape_rules``.
+compute shapes are in ``shape_rules``, those of index arithmetic in
+``indexing``.
 """
 
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+import surgeon_plugins.passes.dynamic_batch.indexing as indexing
 import surgeon_plugins.passes.dynamic_batch.shape_rules as shape_rules
 from surgeon.graph import optional_input
 from surgeon_plugins.passes.dynamic_batch.flow import Flow, Rule, batched_first, normalized
@@ -62,7 +64,7 @@ def broadcast(flow: Flow, node: gs.Node) -> list[State]:
     states = [flow.state(t) for t in node.inputs]
     if not any(isinstance(s, Batch) for s in states):
         return value_rule(flow, node)
-    if any(isinstance(s, Value) for s in states):
+    if any(isinstance(s, Value) and not s.known for s in states):
         flow.fail(node, "uses the batch size as data")
     rank = flow.rank(node.outputs[0], node)
     targets = {s.moved(s.axis + rank - flow.rank(t, node)) for t, s in zip(node.inputs, states) if isinstance(s, Batch)}
@@ -305,6 +307,11 @@ RULES: dict[str, Rule] = {
     **{op: broadcast for op in ELEMENTWISE},
     **{op: per_sample for op in PER_SAMPLE},
     **{op: reduce for op in REDUCE},
+    "Add": indexing.arithmetic(broadcast),
+    "Mul": indexing.arithmetic(broadcast),
+    "Cast": indexing.keeping_positions(broadcast),
+    "Identity": indexing.keeping_positions(broadcast),
+    "Range": indexing.range_rule,
     "CastLike": cast_like,
     "Softmax": softmax,
     "LogSoftmax": softmax,
@@ -319,12 +326,12 @@ RULES: dict[str, Rule] = {
     "MeanVarianceNormalization": mean_variance_normalization,
     "QuantizeLinear": quantize,
     "DequantizeLinear": quantize,
-    "Transpose": shape_rules.transpose,
-    "Squeeze": shape_rules.squeeze,
-    "Unsqueeze": shape_rules.unsqueeze,
-    "Reshape": shape_rules.reshape,
-    "Flatten": shape_rules.flatten,
-    "Expand": shape_rules.expand,
+    "Transpose": indexing.keeping_positions(shape_rules.transpose),
+    "Squeeze": indexing.keeping_positions(shape_rules.squeeze),
+    "Unsqueeze": indexing.keeping_positions(shape_rules.unsqueeze),
+    "Reshape": indexing.keeping_positions(shape_rules.reshape),
+    "Flatten": indexing.keeping_positions(shape_rules.flatten),
+    "Expand": indexing.keeping_positions(shape_rules.expand),
     "Tile": shape_rules.tile,
     "ConstantOfShape": shape_rules.constant_of_shape,
     "Shape": shape_rules.shape_of,

@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from surgeon.graph import INT64_MAX, optional_input
 from surgeon_plugins.passes.dynamic_batch.flow import Flow, batched_first, normalized
+from surgeon_plugins.passes.dynamic_batch.indexing import gather_samples
 from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, independent
 
 UNBOUNDED = 1 << 31  # a Slice end at least this large means "to the end"
@@ -207,7 +208,7 @@ def gather(flow: Flow, node: gs.Node) -> list[State]:
         return [Value(tuple(entries[i] for i in picks), scalar=flow.rank(indices, node) == 0)]
     if isinstance(data_state, Batch):
         if axis == data_state.axis:
-            flow.fail(node, "picks samples along the batch axis; the output depends on the batch size")
+            return [gather_samples(flow, node, data_state, axis)]
         if not independent(index_state):
             flow.fail(node, "gathers batched data with batched indices")
         extra = flow.rank(indices, node) - 1

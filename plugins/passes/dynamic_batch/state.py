@@ -10,6 +10,10 @@ Every tensor of the graph gets one of these states:
   on the batch; each entry is an int, ``Term(f)`` (N * f at runtime) or None
   (computed at runtime in a way the analysis does not follow).
 
+Besides its state, a batched integer tensor built by index arithmetic from
+the sample index (``arange`` of the batch) may have ``Positions``: the
+values it holds, which decide what a Gather along the batch axis reads.
+
 They are plain values, shared by the analysis, its rules and the builder of the fixes.
 """
 
@@ -60,6 +64,22 @@ class Value:
     def known(self) -> bool:
         """Every entry is a plain number: the value does not depend on the batch after all."""
         return not any(e is None or isinstance(e, Term) for e in self.entries)
+
+
+@dataclass(frozen=True)
+class Positions:
+    """What a batched integer tensor built from the sample index holds: every entry of sample i is
+    i * stride + r with 0 <= r < span.
+
+    Gathered along a batch axis that holds ``stride`` elements per sample
+    (``Batch.inner``), such indices read sample i's own elements as long as
+    span <= stride. The statement is about each entry and the sample it
+    belongs to, so it holds through any op that moves entries without
+    changing them.
+    """
+
+    stride: int
+    span: int
 
 
 State = Batch | Value | None
