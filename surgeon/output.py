@@ -128,10 +128,11 @@ def replace(staging: Path, target: Path, force: bool, keep: Sequence[Path] = ())
 
 def link_tree(source: Path, target: Path) -> None:
     """Copy a folder as hard links (instant, no extra disk); copy bytes where links are refused."""
-    shutil.copytree(source, target, copy_function=_link_or_copy)
+    shutil.copytree(source, target, copy_function=link_or_copy)
 
 
-def _link_or_copy(source: str, target: str) -> None:
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """``source`` at ``target`` as a hard link, or a copy where links are refused."""
     try:
         os.link(source, target)
     except OSError:

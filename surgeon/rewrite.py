@@ -6,6 +6,12 @@ export (which sorts, so finds cycles), the ONNX checker and strict shape
 inference. When they fail, the passes are replayed one at a time with every
 check after each, to name the pass that broke the graph and how. So a broken
 graph costs a replay; a sound one costs nothing more than one set of checks.
+
+Weights stored as external data stay on disk through the round trip (see
+``surgeon.onnx_io``): the graph reads a constant's values from its file only
+when a pass asks for them, and exports the tensor as the reference it was, so
+a model with more weights than a protobuf message can hold (2 GiB) goes
+through the passes too.
 """
 
 from __future__ import annotations
@@ -18,12 +24,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from surgeon.errors import PluginError, SurgeonError, blamed_on, describe
-from surgeon.onnx_io import nonpositive_attribute
+from surgeon.onnx_io import check_model, external_tensors, nonpositive_attribute, tensor_array
 from surgeon.plugin import RewritePass
 
 log = logging.getLogger("surgeon")
@@ -60,8 +68,15 @@ class PassRecord:
 
 
 def run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.ModelProto, list[PassRecord]]:
-    """Apply ``steps`` in order; return the rewritten model and a record per pass."""
+    """Apply ``steps`` in order; return the rewritten model and a record per pass.
+
+    The rewritten model is never ``model`` itself when it has external data, so that writing it (which re-points
+    its external tensors at the written file) leaves the source model reading the source's files."""
     if not steps:
+        if external_tensors(model):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)  # a skeleton: its weights are on disk
+            return copy, []
         return model, []
     with gc_paused():
         return _run_passes(model, steps)
@@ -88,8 +103,25 @@ def _run_passes(model: onnx.ModelProto, steps: Sequence[Step]) -> tuple[onnx.Mod
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """The onnx-graphsurgeon graph of ``model`` (shared by the pass runner and the detectors)."""
-    return gs.import_onnx(model)
+    """The onnx-graphsurgeon graph of ``model`` (shared by the pass runner and the detectors); its constants
+    stored as external data are read from their files when a pass reads their values."""
+    graph = gs.import_onnx(model)
+    if external_tensors(model):
+        for each in (graph, *graph.subgraphs(recursive=True)):
+            for tensor in each.tensors().values():
+                if isinstance(tensor, gs.Constant) and type(tensor._values) is LazyValues \
+                        and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                    tensor._values = OnDisk(tensor._values.tensor)
+                    tensor.data_location = None  # the tensor keeps its own; new values set by a pass go inline
+    return graph
+
+
+class OnDisk(LazyValues):
+    """The values of a constant stored as external data, read from its file (onnx-graphsurgeon's own would look
+    for the file in the working folder); exported, like any ``LazyValues``, as the tensor it was imported from."""
+
+    def load(self) -> np.ndarray:
+        return np.array(tensor_array(self.tensor))
 
 
 @contextmanager
@@ -144,12 +176,8 @@ def validation_problem(model: onnx.ModelProto) -> str | None:
     if crasher:
         return crasher
     try:
-        onnx.checker.check_model(model)
+        check_model(model)  # by path when the weights are on disk
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except ValueError as error:
-        if "2GB" in str(error) or "2 GB" in str(error):
-            return None  # too big to check in memory; the converter will still see it
-        return describe(error)
     except Exception as error:
         return describe(error)
     return None

@@ -245,13 +245,22 @@ def reference_runner(source: onnx.ModelProto, rewritten: onnx.ModelProto, refere
 
 def onnxruntime_runner(model: onnx.ModelProto, optimized: bool = True) -> Runner:
     """onnxruntime on ``model``; ``optimized=False`` turns its graph optimizations off, so that it computes the
-    graph as written (its fusions may order a float sum differently for another shape of the same graph)."""
+    graph as written (its fusions may order a float sum differently for another shape of the same graph).
+
+    A model whose weights are on disk (``surgeon.onnx_io``) is handed over without them, and onnxruntime reads
+    them from their folder, as it reads a model file beside its data: no message ever holds them."""
     import onnxruntime
+
+    from surgeon.onnx_io import data_folder, stripped
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     if not optimized:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    folder = data_folder(model)
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
+        model = stripped(model)
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return lambda feeds: [session.run(None, dict(zip(names, feed))) for feed in feeds]

@@ -363,7 +363,7 @@ def test_a_deprecated_upsample_loads_with_a_warning_and_opset_compat_makes_it_se
 
 
 def test_node_names_onnx_tf_would_find_clashing_are_made_unique():
-    from surgeon_plugins.converters.onnx_tf import readable_by_onnx_tf
+    from surgeon_plugins.converters.onnx_tf.readable import readable_by_onnx_tf
 
     model = model_from_text("""
         <ir_version: 8, opset_import: ["" : 13]>

@@ -12,13 +12,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from surgeon import NoOptions, Writer, hookimpl
+from surgeon import NoOptions, PluginError, Writer, hookimpl
 from surgeon.context import Context
+from surgeon.onnx_io import model_bytes
 
 FOLDER = "frozen_pb"
+PROTOBUF_LIMIT_BYTES = 2**31 - 1  # the largest message protobuf writes, and so the largest frozen GraphDef
 
 
 def write(ctx: Context, options: NoOptions, out_dir: Path) -> None:
+    size = model_bytes(ctx.model)
+    if size > PROTOBUF_LIMIT_BYTES:
+        raise PluginError("frozen_pb", f"a frozen GraphDef holds every weight in one protobuf message, which "
+                          f"cannot exceed 2 GiB; this model takes {size / 2**30:.2f} GiB",
+                          hint="serve the SavedModel (--format saved_model, tf_serving or triton), which keeps "
+                               "its weights in variables/")
     from surgeon.device import quiet_tensorflow
     from surgeon.saved_model_info import SERVE_TAG, SERVING_SIGNATURE
     from surgeon.serving import FROZEN_GRAPH, FROZEN_SIGNATURE

@@ -47,7 +47,7 @@ from google.protobuf.text_encoding import CEscape
 from surgeon import SurgeonError, Writer, hookimpl
 from surgeon.naming import signature_input_keys
 from surgeon.onnx_io import real_inputs
-from surgeon.output import link_tree
+from surgeon.output import link_or_copy, link_tree
 from surgeon.publish import Entry, default_name, publish_versions as publish_entries
 from surgeon.feeds import SYMBOLIC_DIM_SIZE, static_batch
 
@@ -121,7 +121,16 @@ def write(ctx, options: TritonOptions, out_dir: Path) -> None:
             if not verified_elsewhere:  # a triton-only run: verification loads this entry in a fresh process
                 ctx.served_models["triton"] = folder / version / PLATFORMS[kind][1]
         else:
-            shutil.copy2(ctx.onnx_path, folder / version / PLATFORMS[kind][1])
+            copy_onnx(ctx.onnx_path, folder / version / PLATFORMS[kind][1])
+
+
+def copy_onnx(model: Path, target: Path) -> None:
+    """``model`` as ``target``, with the file of its weights beside it when they are external (a model over
+    the size of one protobuf message: ``model.onnx.data``, which the model names relative to itself)."""
+    shutil.copy2(model, target)
+    data = model.with_name(f"{model.name}.data")
+    if data.exists():
+        link_or_copy(data, target.with_name(data.name))
 
 
 def publish(ctx, options: TritonOptions, out_dir: Path) -> None:

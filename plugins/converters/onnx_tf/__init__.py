@@ -19,6 +19,12 @@ the conversion of a large model, and not in what the signature computes:
   calls. Load it with ``tf.saved_model.load(path).signatures["serving_default"]``.
 - the trace runs without AutoGraph where it can (see ``trace``).
 
+A model whose initializers take ``variables_from`` bytes or more (1 GiB by
+default) has its weights saved as variables (``variables/``) instead of
+constants in ``saved_model.pb``, which cannot exceed 2 GB (see ``weights``);
+its weights are read from the model's data file, never held in a protobuf
+message, and the serving layout is then left as onnx-tf converts it.
+
 The SavedModel is then checked (``check_servable``): the serving contract,
 and no Python callbacks (PyFunc), which run in the converting process but
 fail in every server ("Could not find callback"); a failure names the ONNX nodes
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,11 +44,13 @@ from typing import TYPE_CHECKING, Literal
 from surgeon import Converter, Hazard, PluginError, SurgeonError, hookimpl
 from surgeon.errors import describe as describe_error
 from surgeon.graph import describe
-from surgeon.naming import fresh_name, signature_input_keys
-from surgeon.onnx_io import opset_of, real_inputs
+from surgeon.naming import signature_input_keys
+from surgeon.onnx_io import opset_of, real_inputs, tensor_bytes
 from surgeon_plugins.converters.onnx_tf import support
 from surgeon_plugins.converters.onnx_tf.compat import mended_handlers
 from surgeon_plugins.converters.onnx_tf.layout import write_for_serving
+from surgeon_plugins.converters.onnx_tf.readable import readable_by_onnx_tf
+from surgeon_plugins.converters.onnx_tf.weights import capture, for_onnx_tf, variable_weights
 
 if TYPE_CHECKING:
     import onnx
@@ -61,6 +70,10 @@ class OnnxTfOptions:
         "doc": "lay the SavedModel out to serve on: cpu (channels-last inside, transposes only at the inputs and "
                "outputs), gpu (channels-first throughout), auto (gpu when --device is a GPU, else cpu), or onnx-tf "
                "(as onnx-tf converts for the CPU)"})
+    variables_from: int = field(default=2**30, metadata={
+        "doc": "when the model's initializers take at least this many bytes, save each of 1 KiB or more as a "
+               "variable (saved_model/variables/) rather than a constant in saved_model.pb, which cannot exceed "
+               "2 GB; the layout is then left as onnx-tf converts it"})
 
 
 def serving_device(layout: str, device: str | None) -> str | None:
@@ -82,6 +95,12 @@ def convert(model: onnx.ModelProto, options: OnnxTfOptions, target: Path, ctx: C
     check_convertible(model)  # before TensorFlow is imported: onnx-tf would fail on these
     keys = input_keys(model)
     device = serving_device(options.layout, ctx.device)
+    weights = variable_weights(model, options.variables_from)
+    if weights:
+        total = sum(tensor_bytes(tensor) for tensor in weights.values())
+        ctx.record("variables", {"tensors": len(weights), "bytes": total})
+        log.info("  %d weights (%.3g GB) saved as variables: the model's weights take %s bytes or more "
+                 "(onnx_tf.variables_from)", len(weights), total / 1e9, options.variables_from)
     if device is None:
         to_saved_model(model, options, target)
     else:
@@ -93,8 +112,9 @@ def convert(model: onnx.ModelProto, options: OnnxTfOptions, target: Path, ctx: C
             to_saved_model(model, options, folder, onnx_tf_device)
             check_servable(folder, model)
 
+        why_not = "weights saved as variables, which the layout rewrite cannot freeze" if weights else None
         with quiet_tensorflow():
-            done = write_for_serving(model, checked_conversion, target, device)
+            done = write_for_serving(model, checked_conversion, target, device, why_not)
         ctx.record("layout", done)
         log_layout(done)
     check_servable(target, model)  # every writer of this SavedModel relies on it
@@ -136,10 +156,12 @@ def log_layout(done: dict) -> None:
 
 def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "CPU") -> None:
     """The conversion alone, unchecked, by onnx-tf for ``device`` ("CPU" or "CUDA": channels-first throughout),
-    each input under its key in the serving signature (``input_keys``)."""
+    each input under its key in the serving signature (``input_keys``), large weights as variables
+    (``weights``)."""
     from surgeon.device import quiet_tensorflow, verbose
 
-    readable = readable_by_onnx_tf(model)
+    weights = variable_weights(model, options.variables_from)
+    readable = readable_by_onnx_tf(for_onnx_tf(model, weights))
     started = time.perf_counter()
     with quiet_tensorflow(), mended_handlers() as onnx_tf:
         imported = time.perf_counter()
@@ -147,7 +169,7 @@ def to_saved_model(model, options: OnnxTfOptions, target: Path, device: str = "C
             representation = onnx_tf.backend.prepare(readable, device=device, auto_cast=options.auto_cast,
                                                      logging_level="INFO" if verbose() else "ERROR")
             prepared = time.perf_counter()
-            export(representation, target, input_keys(model))
+            export(representation, target, input_keys(model), capture(representation, weights))
         except Exception as error:
             failed = onnx_tf.failed_node()
             if failed is None or isinstance(error, SurgeonError):
@@ -170,42 +192,16 @@ def users_node(model: onnx.ModelProto, readable: onnx.ModelProto, name: str) -> 
     return next(node for node in support.all_nodes(model.graph) if node.name == name)
 
 
-def readable_by_onnx_tf(model):
-    """``model``, or a copy that means the same, written the way onnx-tf 1.10 reads it.
-
-    - Node names that differ ignoring case: onnx-tf names an RNN node's
-      variables after the node's name in lower case, and refuses a model where
-      two would clash ("Node name is not unique").
-    - No trailing empty inputs: an optional input left out at the end of a
-      node's inputs may be written as the empty name, which onnx-tf looks up
-      as a tensor (``KeyError: ''``; torchvision's swin_t has such Pads).
-    """
-    import onnx
-
-    names = [node.name.lower() for node in model.graph.node]
-    unique = all(names) and len(set(names)) == len(names)
-    if unique and not any(node.input and not node.input[-1] for node in model.graph.node):
-        return model
-    readable = onnx.ModelProto()
-    readable.CopyFrom(model)
-    taken: set[str] = set()
-    for index, node in enumerate(readable.graph.node):
-        if not unique and (not node.name or node.name.lower() in taken):
-            node.name = fresh_name(f"{node.name or node.op_type}_{index}".lower(), taken)
-        taken.add(node.name.lower())
-        while node.input and not node.input[-1]:
-            node.input.pop()
-    return readable
-
-
-def export(representation, target: Path, keys: dict[str, str]) -> None:
-    """Save the serving signature of onnx-tf's model, traced once for export; ``keys``: ONNX input -> its key."""
+def export(representation, target: Path, keys: dict[str, str], weights: Sequence = ()) -> None:
+    """Save the serving signature of onnx-tf's model, traced once for export; ``keys``: ONNX input -> its key;
+    ``weights``: the variables ``capture`` gave the model, saved in ``variables/``."""
     import tensorflow as tf
 
     module = representation.tf_module
     module.is_export = True  # onnx-tf's switch: trace for export
     root = tf.Module()
     root.handler_variables = list(module.handler_variables.values())
+    root.weights = list(weights)
     tf.saved_model.save(root, str(target), signatures=trace(module, representation.signatures, keys))
 
 

@@ -42,7 +42,9 @@ result out, or converts as before where the rewrite does not apply
 and NonMaxSuppression handlers assign variables while running, which a
 frozen graph cannot do), models without a convolution or pooling, and 1D
 ones (onnx-tf runs those through a 2D op between reshapes, which Grappler
-does not lay out).
+does not lay out); and models whose weights the converter saves as
+variables (over 1 GiB: freezing them would put them back into a GraphDef,
+which cannot exceed 2 GB), for which the converter gives the reason.
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ STATEFUL_OPS = frozenset({"LSTM", "GRU", "RNN", "NonMaxSuppression"})
 VARIABLE_OPS = frozenset({"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2", "Variable"})
 
 
-def write_for_serving(model, convert: Callable[[str, Path], None], target: Path, device: str = "CPU") \
-        -> dict[str, Any]:
+def write_for_serving(model, convert: Callable[[str, Path], None], target: Path, device: str = "CPU",
+                      why_not: str | None = None) -> dict[str, Any]:
     """Write to ``target`` the SavedModel of ``model`` laid out for ``device`` ("CPU" or "GPU"); return what was done.
 
     ``convert(onnx_tf_device, folder)`` converts ``model`` with onnx-tf,
@@ -79,11 +81,13 @@ def write_for_serving(model, convert: Callable[[str, Path], None], target: Path,
     ``target`` and is laid out into ``target`` by ``optimize_for_serving``.
     Where the rewrite does not apply (``skip_reason``) or cannot lay the
     graph out, ``target`` gets onnx-tf's own conversion for the device
-    ("CPU" for a CPU, "CUDA" for a GPU), and the result says why.
+    ("CPU" for a CPU, "CUDA" for a GPU), and the result says why;
+    ``why_not``: a reason the caller has to leave the layout as it is (the
+    weights saved as variables), which takes precedence.
     """
     device = checked_device(device)
     native = "CUDA" if device == "GPU" else "CPU"
-    why_not = skip_reason(model)
+    why_not = why_not or skip_reason(model)
     if why_not is None:
         with tempfile.TemporaryDirectory(prefix="channels-first-", dir=Path(target).parent) as folder:
             channels_first = Path(folder) / "saved_model"
