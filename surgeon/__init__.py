@@ -39,7 +39,7 @@ def run(
     """Run the pipeline like ``surgeon run``; return the report written to ``output/report.json``.
 
     ``settings`` takes the remaining fields of :class:`surgeon.pipeline.RunConfig`
-    (``atol``, ``rtol``, ``converter``).
+    (``atol``, ``rtol``, ``converter``, ``axis_sizes``: ``{"seq": [8, 16]}``).
     """
     from surgeon import pipeline
 

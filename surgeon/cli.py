@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "OUT/model.onnx is always written)")
     run.add_argument("--batch-sizes", metavar="1,3,8",
                      help="batch sizes to verify at (default: 1 and 3 when the batch is dynamic)")
+    run.add_argument("--axis-sizes", action="append", metavar="NAME=8,16,32",
+                     help="sizes to verify a named dynamic dimension of the inputs at (such as a sequence length "
+                     "exported with --set torch.dynamic_axes=input_ids:1:seq); repeatable; every combination with "
+                     "the batch sizes is checked (default: other dynamic dimensions at 4)")
     run.add_argument("--no-verify", action="store_true", help="skip the parity check")
     run.add_argument("--atol", type=float, help="absolute tolerance of the parity check (default 1e-4)")
     run.add_argument("--rtol", type=float, help="relative tolerance of the parity check, as a fraction of the "

@@ -35,7 +35,7 @@ SETTINGS: dict[str, type | tuple[type, ...]] = {
     "source": str, "output": str, "plugins": list, "format": list, "batch_sizes": list, "verify": bool,
     "atol": (int, float), "rtol": (int, float), "device": (str, int), "converter": str, "plugin_path": list,
     "max_tensor_gib": (int, float),
-    "force": bool,
+    "force": bool, "axis_sizes": dict,
 }
 
 
@@ -50,7 +50,7 @@ def load_pipeline_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise UsageError(f"pipeline file {path}: invalid TOML ({error})") from None
     for key, value in settings.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in SETTINGS:
             continue
         if key not in SETTINGS:
             raise UsageError(f"pipeline file {path}: unknown setting {key!r} (settings: {', '.join(SETTINGS)}; "
@@ -68,7 +68,7 @@ def load_pipeline_file(path: Path) -> dict[str, Any]:
 
 def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
     """A RunConfig from pipeline-file settings overridden by command-line flags."""
-    file_options = {key: value for key, value in settings.items() if isinstance(value, dict)}
+    file_options = {key: value for key, value in settings.items() if isinstance(value, dict) and key not in SETTINGS}
     flag_options: dict[str, dict[str, Any]] = {}
     if args.weights:
         flag_options.setdefault("torch", {})["weights"] = args.weights
@@ -95,6 +95,7 @@ def run_config(settings: dict[str, Any], args: argparse.Namespace) -> RunConfig:
         config.formats = _names(args.format) if args.format else list(settings["format"])
     sizes = _positive_ints("--batch-sizes", args.batch_sizes) if args.batch_sizes else settings.get("batch_sizes")
     config.batch_sizes = list(sizes) if sizes else None
+    config.axis_sizes = axis_sizes(settings.get("axis_sizes", {}), args.axis_sizes or [])
     for key in ("atol", "rtol", "converter", "max_tensor_gib"):
         value = getattr(args, key, None)
         if value is None:
@@ -111,6 +112,24 @@ def _example_plugins(args: argparse.Namespace) -> list[str]:
     from surgeon_plugins import examples
 
     return list(examples.get(args.example).plugins)
+
+
+def axis_sizes(from_file: dict[str, Any], flags: list[str]) -> dict[str, list[int]]:
+    """The sizes to verify each named dimension at: the pipeline file's ``axis_sizes = {seq = [8, 16]}``, then
+    each ``--axis-sizes seq=8,16`` flag."""
+    sizes: dict[str, list[int]] = {}
+    for name, values in from_file.items():
+        if not isinstance(values, list) or not values or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise UsageError(f"pipeline file: axis_sizes.{name} = {values!r}: expected a list of positive whole "
+                             "numbers, e.g. [8, 16, 32]")
+        sizes[name] = values
+    for flag in flags:
+        name, equals, values = flag.partition("=")
+        if not equals or not name.strip():
+            raise UsageError(f"--axis-sizes {flag!r}: expected NAME=SIZES, e.g. seq=8,16,32")
+        sizes[name.strip()] = _positive_ints(f"--axis-sizes {name.strip()}=", values)
+    return sizes
 
 
 def _names(text: str) -> list[str]:

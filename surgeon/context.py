@@ -33,6 +33,11 @@ class Context(Protocol):
         ...
 
     @property
+    def axis_sizes(self) -> Mapping[str, Sequence[int]]:
+        """The sizes asked for each named dynamic dimension with ``--axis-sizes`` (empty: none asked)."""
+        ...
+
+    @property
     def device(self) -> str | None:
         """The device given with ``--device``: ``cpu``, a GPU index such as ``0``, or None (not given)."""
         ...

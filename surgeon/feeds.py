@@ -3,7 +3,9 @@ and the example requests carry, so that a served model is warmed and shown with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -12,9 +14,56 @@ from surgeon.errors import SurgeonError
 from surgeon.onnx_io import real_inputs
 
 SEED = 0
-SYMBOLIC_DIM_SIZE = 4  # the size given to a symbolic dimension other than the batch
+SYMBOLIC_DIM_SIZE = 4  # the size given to a symbolic dimension other than the batch, unless asked otherwise
 
 Feed = list[np.ndarray]  # one array per model input, in the model's input order
+
+
+@dataclass(frozen=True)
+class Case:
+    """What one verification feed is made of: a batch size, and the size of each named dimension of the inputs
+    that was asked for (``--axis-sizes seq=8,16``); other symbolic dimensions get ``SYMBOLIC_DIM_SIZE``."""
+
+    batch: int
+    sizes: tuple[tuple[str, int], ...] = ()
+
+    def __str__(self) -> str:
+        return " ".join([str(self.batch), *(f"{name}={size}" for name, size in self.sizes)])
+
+    def describe(self) -> str:
+        """The case in words: ``batch size 3``, ``batch size 3 with seq 16``."""
+        named = ", ".join(f"{name} {size}" for name, size in self.sizes)
+        return f"batch size {self.batch}" + (f" with {named}" if named else "")
+
+
+def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
+          axis_sizes: Mapping[str, Sequence[int]] | None = None) -> list[Case]:
+    """Every combination of the batch sizes (``batch_sizes``) and the sizes asked for each named dimension."""
+    axis_sizes = axis_sizes or {}
+    named = named_dims(model)
+    for name in axis_sizes:
+        if name not in named:
+            listed = ", ".join(sorted(named)) or "none"
+            raise SurgeonError(
+                f"--axis-sizes {name}: no input has a dynamic dimension named {name!r} (named dimensions: {listed})",
+                hint="a fixed axis of an ONNX file stays fixed; export it dynamic, from PyTorch with "
+                     f"--set torch.dynamic_axes=INPUT:AXIS:{name}")
+        if named[name] == 0 and static_batch(model) is None:
+            raise SurgeonError(f"--axis-sizes {name}: {name!r} is the batch dimension",
+                               hint="--batch-sizes sets the batch sizes to verify at")
+    sizes = [[(name, size) for size in values] for name, values in axis_sizes.items()]
+    return [Case(batch, tuple(combination))
+            for batch in batch_sizes(model, requested) for combination in itertools.product(*sizes)]
+
+
+def named_dims(model: onnx.ModelProto) -> dict[str, int]:
+    """The symbolic dimensions of the model's inputs that have a name, each with the first axis it is on."""
+    named: dict[str, int] = {}
+    for value in real_inputs(model):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param") and dim.dim_param:
+                named.setdefault(dim.dim_param, axis)
+    return named
 
 
 def batch_sizes(model: onnx.ModelProto, requested: Sequence[int] | None) -> list[int]:
@@ -40,13 +89,21 @@ def static_batch(model: onnx.ModelProto) -> int | None:
     return dims[0].dim_value
 
 
-def random_feed(model: onnx.ModelProto, size: int) -> Feed:
-    """Seeded random inputs for ``model`` with batch ``size`` (the same at every call)."""
+def case_feed(model: onnx.ModelProto, case: Case) -> Feed:
+    """Seeded random inputs for ``model`` shaped as ``case`` says."""
+    return random_feed(model, case.batch, dict(case.sizes))
+
+
+def random_feed(model: onnx.ModelProto, size: int, sizes: Mapping[str, int] | None = None) -> Feed:
+    """Seeded random inputs for ``model`` with batch ``size`` (the same at every call); ``sizes``: the size of
+    named symbolic dimensions (others get ``SYMBOLIC_DIM_SIZE``)."""
+    sizes = sizes or {}
     rng = np.random.default_rng(SEED)
     feed = []
     for value in real_inputs(model):
         tensor_type = value.type.tensor_type
-        shape = [dim.dim_value if dim.HasField("dim_value") else SYMBOLIC_DIM_SIZE for dim in tensor_type.shape.dim]
+        shape = [dim.dim_value if dim.HasField("dim_value") else sizes.get(dim.dim_param, SYMBOLIC_DIM_SIZE)
+                 for dim in tensor_type.shape.dim]
         if shape:
             shape[0] = size
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)

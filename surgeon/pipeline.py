@@ -23,7 +23,7 @@ import onnx
 from surgeon import device, options, output, stack
 from surgeon.context import Reference
 from surgeon.discovery import Registry, discover
-from surgeon.feeds import batch_sizes, random_feed, static_batch
+from surgeon.feeds import case_feed, cases, static_batch
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
 from surgeon.plugin import Converter, Hazard, RewritePass, Source, Writer
 from surgeon.onnx_io import oversized_tensor
@@ -49,6 +49,7 @@ class RunConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))
     batch_sizes: list[int] | None = None
+    axis_sizes: dict[str, list[int]] = field(default_factory=dict)
     verify: bool = True
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
@@ -143,6 +144,10 @@ class RunContext:
     @property
     def batch_sizes(self) -> list[int] | None:
         return self.config.batch_sizes
+
+    @property
+    def axis_sizes(self) -> dict[str, list[int]]:
+        return self.config.axis_sizes
 
     @property
     def device(self) -> str | None:
@@ -325,7 +330,7 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
     model, config, plan = ctx.model, ctx.config, ctx.plan
     if ctx.source_model is None:
         raise SurgeonError("verification runs once the source is loaded")
-    feeds = {size: random_feed(model, size) for size in batch_sizes(model, config.batch_sizes)}
+    feeds = {case: case_feed(model, case) for case in cases(model, config.batch_sizes, config.axis_sizes)}
     run, what = verify.reference_runner(ctx.source_model, model, ctx.reference, plan.passes)
     ctx.record("reference", what)
     table = verify.compare_stages(verify.stage_runners(model, ctx.served_models),

@@ -61,7 +61,7 @@ import numpy as np
 import onnx
 
 from surgeon.errors import SurgeonError, describe
-from surgeon.feeds import Feed, static_batch
+from surgeon.feeds import Case, Feed, static_batch
 from surgeon.onnx_io import real_inputs
 
 if TYPE_CHECKING:
@@ -87,28 +87,29 @@ Result = Outputs | RunFailure
 Stage = Callable[[Sequence[Feed]], list[Result]]  # called once with every feed of the check
 
 
-def compare_stages(stages: Mapping[str, Stage], expected: Mapping[int, Outputs], feeds: Mapping[int, Feed], *,
+def compare_stages(stages: Mapping[str, Stage], expected: Mapping[Case, Outputs], feeds: Mapping[Case, Feed], *,
                    by_sample: bool, atol: float, rtol: float,
                    names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The parity table: each stage run on the feeds (by batch size) and compared with the expected outputs.
+    """The parity table: each stage run on the feeds (by case: batch size and named sizes) and compared with the
+    expected outputs.
 
     ``by_sample``: each sample of a batch is also run alone and must equal its part of the batched run (a model
     whose batch is fixed cannot run one sample alone). Every stage gets all the feeds in one call, since a
     served model answers them in one fresh process."""
     runs = []
-    for size, feed in feeds.items():
+    for case, feed in feeds.items():
         runs.append(feed)
-        if by_sample and size > 1:
-            runs += [[array[i : i + 1] for array in feed] for i in range(size)]
+        if by_sample and case.batch > 1:
+            runs += [[array[i : i + 1] for array in feed] for i in range(case.batch)]
     table = []
     for stage_name, stage in stages.items():
         results = iter(stage(runs))
-        for size in feeds:
+        for case in feeds:
             got = next(results)
-            table += compare(stage_name, size, got, expected[size], atol, rtol, names=names)
-            if by_sample and size > 1:
-                alone = joined([next(results) for _ in range(size)])
-                table += compare(stage_name, size, got, alone, atol, rtol, check="per-sample", names=names)
+            table += compare(stage_name, case, got, expected[case], atol, rtol, names=names)
+            if by_sample and case.batch > 1:
+                alone = joined([next(results) for _ in range(case.batch)])
+                table += compare(stage_name, case, got, alone, atol, rtol, check="per-sample", names=names)
     return table
 
 
@@ -119,7 +120,7 @@ def raise_on_divergence(table: list[dict[str, Any]], atol: float, rtol: float, b
     if not failed:
         return
     first = failed[0]
-    where = f"stage {first['stage']!r} at batch size {first['batch']} ({first['check']}, output {first['output']!r})"
+    where = f"stage {first['stage']!r} at {case_of(first).describe()} ({first['check']}, output {first['output']!r})"
     if "error" in first:
         message = f"verification failed: {where} fails: {first['error']}"
     else:
@@ -137,10 +138,16 @@ def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], batch_fixer
     left out of the run are named; ``batch_fixers_run``: those that ran)."""
     hint = "nothing was written; --no-verify skips this check"
     same_stage = [row for row in table if row["stage"] == first["stage"]]
-    at_one = [row for row in same_stage if row["batch"] == 1]
+    failed_at = case_of(first)
+    other_sizes = [row for row in same_stage if row["batch"] == failed_at.batch and case_of(row) != failed_at]
+    if failed_at.sizes and other_sizes and all(row["ok"] for row in other_sizes):
+        passing = ", ".join(dict.fromkeys(case_of(row).describe() for row in other_sizes))
+        return (f"it passes at {passing}: the export likely baked a size of a named dimension into the model "
+                f"(docs/dynamic_axes.md); {hint}")
+    at_one = [row for row in same_stage if case_of(row) == Case(1, failed_at.sizes)]
     if first["batch"] == 1 or not at_one or not all(row["ok"] for row in at_one):
         return hint
-    per_sample = [row for row in same_stage if row["batch"] == first["batch"] and row["check"] == "per-sample"]
+    per_sample = [row for row in same_stage if case_of(row) == failed_at and row["check"] == "per-sample"]
     if per_sample and all(row["ok"] for row in per_sample):
         return (f"batch 1 passes and each sample of batch {first['batch']} equals that sample run alone, so no "
                 f"sample is mixed: the difference is numerical (--atol, --rtol loosen the check); {hint}")
@@ -188,17 +195,17 @@ def fresh_process(path: Path, model: onnx.ModelProto) -> Stage:
     return run
 
 
-def reference_outputs(run: Runner, what: str, feeds: Mapping[int, Feed]) -> dict[int, Outputs]:
-    """What the reference (``what``, in words) computes for each feed, by batch size; a reference that cannot
-    run is the source's problem, not a stage's: no stage is checked then."""
+def reference_outputs(run: Runner, what: str, feeds: Mapping[Case, Feed]) -> dict[Case, Outputs]:
+    """What the reference (``what``, in words) computes for each feed, by case; a reference that cannot run is
+    the source's problem, not a stage's: no stage is checked then."""
     expected = {}
-    for size, feed in feeds.items():
+    for case, feed in feeds.items():
         try:
-            expected[size] = run([feed])[0]
+            expected[case] = run([feed])[0]
         except Exception as error:
-            raise SurgeonError(f"verification: the reference ({what}) cannot run at batch size {size}: "
-                               f"{describe(error)}", hint="--batch-sizes picks others; --no-verify skips the check"
-                               ) from error
+            raise SurgeonError(f"verification: the reference ({what}) cannot run at {case.describe()}: "
+                               f"{describe(error)}", hint="--batch-sizes and --axis-sizes pick others; "
+                               "--no-verify skips the check") from error
     return expected
 
 
@@ -274,16 +281,27 @@ def joined(samples: list[Result]) -> Result:
     return [np.concatenate(parts) for parts in zip(*samples)]
 
 
-def compare(stage_name: str, size: int, actual: Result, expected: Result, atol: float, rtol: float,
+def compare(stage_name: str, case: Case | int, actual: Result, expected: Result, atol: float, rtol: float,
             check: str = "vs reference", names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One table row per output, named by ``names`` (else numbered): its measures and verdict (:func:`judge`)."""
+    """One table row per output, named by ``names`` (else numbered): its measures and verdict (:func:`judge`);
+    ``batch`` holds the batch size (``case``, or a plain batch size), and ``sizes`` the named sizes of the case
+    when it has any."""
+    if isinstance(case, int):
+        case = Case(case)
     labels = list(names) if names is not None else list(range(len(expected))) if isinstance(expected, list) else [0]
     rows = []
     for label, verdict in zip(labels, verdicts(actual, expected, len(labels), atol, rtol)):
-        row = {"stage": stage_name, "batch": size, "check": check, "output": label, "max_abs": verdict.max_abs,
-               "max_rel": verdict.max_rel, "max_scaled": verdict.max_scaled, "ok": verdict.ok}
-        rows.append(row | ({"error": verdict.error} if verdict.error else {}))
+        row = {"stage": stage_name, "batch": case.batch, "check": check, "output": label,
+               "max_abs": verdict.max_abs, "max_rel": verdict.max_rel, "max_scaled": verdict.max_scaled,
+               "ok": verdict.ok}
+        rows.append(row | ({"sizes": dict(case.sizes)} if case.sizes else {})
+                    | ({"error": verdict.error} if verdict.error else {}))
     return rows
+
+
+def case_of(row: dict[str, Any]) -> Case:
+    """The case a table row was measured at."""
+    return Case(row["batch"], tuple(row.get("sizes", {}).items()))
 
 
 @dataclass(frozen=True)
@@ -382,7 +400,7 @@ def format_table(table: list[dict[str, Any]]) -> list[str]:
         measures = [f"{row[key]:.2e}" if row[key] is not None else "-"
                     for key in ("max_abs", "max_rel", "max_scaled")]
         verdict = "ok" if row["ok"] else f"FAILS: {row['error']}" if "error" in row else "DIVERGES"
-        lines.append((row["stage"], str(row["batch"]), row["check"], str(row["output"]), *measures, verdict))
+        lines.append((row["stage"], str(case_of(row)), row["check"], str(row["output"]), *measures, verdict))
     widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
     return ["parity:"] + [("  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
                           .rstrip() for line in lines]

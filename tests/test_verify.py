@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from surgeon.errors import SurgeonError
+from surgeon.feeds import SYMBOLIC_DIM_SIZE, Case, case_feed, cases
 from surgeon.testing import BackendCase, backend_node_cases, run_onnx
 from surgeon.verify import (
     DEFAULT_ATOL,
@@ -385,7 +386,7 @@ def refuses_batches(x: np.ndarray) -> np.ndarray:
     return 2 * x
 
 
-FEEDS = {size: [np.random.default_rng(size).standard_normal((size, 4)).astype(np.float32)] for size in (1, 3)}
+FEEDS = {Case(size): [np.random.default_rng(size).standard_normal((size, 4)).astype(np.float32)] for size in (1, 3)}
 EXPECTED = {size: [2 * feed[0].astype(np.float64)] for size, feed in FEEDS.items()}
 STAGES = {
     "faithful": stage_of(lambda x: 2 * x),
@@ -454,3 +455,52 @@ def test_the_table_shows_every_measure():
     assert lines[2].split()[:4] == ["faithful", "1", "vs", "reference"] and lines[2].endswith("  ok")
     assert lines[-1].split()[:8] == ["refuses", "3", "per-sample", "y", "-", "-", "-", "FAILS:"]
     assert any(line.endswith("  DIVERGES") for line in lines)
+
+
+# ---------------------------------------------------------------- named sizes (a dynamic sequence)
+
+
+def sequence_feeds(lengths: tuple[int, ...]) -> dict[Case, list[np.ndarray]]:
+    return {Case(batch, (("seq", length),)): [np.random.default_rng(batch * length).standard_normal(
+        (batch, length)).astype(np.float32)] for batch in (1, 3) for length in lengths}
+
+
+def cumulative_up_to_8(x: np.ndarray) -> np.ndarray:
+    """Right for sequences of length 8 at most: as if the export baked the length 8 into a constant."""
+    total = np.cumsum(x, axis=1)
+    total[:, 8:] = 0
+    return total
+
+
+def test_cases_with_named_sizes_are_compared_labelled_and_hinted():
+    feeds = sequence_feeds((8, 16))
+    expected = {case: [np.cumsum(feed[0].astype(np.float64), axis=1)] for case, feed in feeds.items()}
+    table = compare_stages({"served": stage_of(cumulative_up_to_8)}, expected, feeds, by_sample=True, atol=ATOL,
+                           rtol=RTOL, names=["y"])
+    verdicts = {(row["batch"], row["sizes"]["seq"], row["check"]): row["ok"] for row in table}
+    assert verdicts == {(1, 8, "vs reference"): True, (1, 16, "vs reference"): False,
+                        (3, 8, "vs reference"): True, (3, 8, "per-sample"): True,
+                        (3, 16, "vs reference"): False, (3, 16, "per-sample"): True}
+    assert any(line.split()[:3] == ["served", "1", "seq=16"] for line in format_table(table))
+    with pytest.raises(SurgeonError) as raised:
+        raise_on_divergence(table, ATOL, RTOL, [], ["dynamic_batch"])
+    assert "stage 'served' at batch size 1 with seq 16 (vs reference" in str(raised.value)
+    assert "it passes at batch size 1 with seq 8: the export likely baked a size of a named dimension" \
+        in str(raised.value)
+
+
+def test_every_batch_size_is_combined_with_every_named_size():
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["ids"], ["out"])], "g",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["batch", "seq"])],
+        [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.INT64, ["batch", "seq"])]))
+    checked = cases(model, [1, 3], {"seq": [8, 16, 32]})
+    assert [(case.batch, dict(case.sizes)) for case in checked] == [
+        (batch, {"seq": length}) for batch in (1, 3) for length in (8, 16, 32)]
+    assert [case_feed(model, case)[0].shape for case in checked[:3]] == [(1, 8), (1, 16), (1, 32)]
+    assert case_feed(model, Case(3))[0].shape == (3, SYMBOLIC_DIM_SIZE)
+    with pytest.raises(SurgeonError, match=r"--axis-sizes tokens: no input has a dynamic dimension named 'tokens' "
+                                           r"\(named dimensions: batch, seq\)"):
+        cases(model, None, {"tokens": [8]})
+    with pytest.raises(SurgeonError, match="'batch' is the batch dimension"):
+        cases(model, None, {"batch": [2]})

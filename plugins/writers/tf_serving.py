@@ -47,7 +47,7 @@ from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import default_name
 from surgeon.saved_model_info import read_meta_graph, signatures
-from surgeon.feeds import batch_sizes, random_feed
+from surgeon.feeds import case_feed, cases
 
 log = logging.getLogger("surgeon")
 
@@ -89,11 +89,12 @@ def write(ctx, options: TfServingOptions, out_dir: Path) -> None:
     folder.parent.mkdir(parents=True)
     link_tree(ctx.saved_model(), folder)
     if options.warmup:
-        sizes = batch_sizes(ctx.model, ctx.config.batch_sizes)
+        checked = cases(ctx.model, ctx.batch_sizes, ctx.axis_sizes)
         keys = signature_input_keys([value.name for value in real_inputs(ctx.model)],
                                     [value.name for value in ctx.model.graph.output])
-        write_warmup(folder / WARMUP_FILE, name, list(keys.values()), [random_feed(ctx.model, size) for size in sizes])
-        ctx.report["tf_serving_warmup"] = {"file": str(WARMUP_FILE), "batch_sizes": sizes}
+        write_warmup(folder / WARMUP_FILE, name, list(keys.values()), [case_feed(ctx.model, case) for case in checked])
+        ctx.report["tf_serving_warmup"] = {"file": str(WARMUP_FILE),
+                                           "batch_sizes": list(dict.fromkeys(case.batch for case in checked))}
     (root / MODELS_CONFIG).write_text(models_config(name))
     # the same SavedModel as OUT/saved_model (and triton's entry): verify it once, whichever writer has it
     if not any(writer.name in ("saved_model", "triton") for writer, _ in ctx.plan.writers):

@@ -8,7 +8,10 @@ see ``checkpoints``). The model is exported with ``torch.onnx.export`` at
 the shapes given, as the recipe did, so the batch is fixed:
 ``dynamic_batch`` then makes it dynamic, or ``dynamic_batch_export=true``
 asks the exporter for a dynamic batch axis (and when dynamic_batch refuses
-the fixed export, the host asks for that export instead). ``dynamo=true`` captures the
+the fixed export, the host asks for that export instead). Other axes are
+exported dynamic when named in ``dynamic_axes`` (``input_ids:1:seq``: axis 1
+of ``input_ids``, called ``seq``; check it at several sizes with
+``--axis-sizes seq=8,16,32``). ``dynamo=true`` captures the
 model with ``torch.export`` and translates it with torch's dynamo exporter
 instead, which needs onnxscript and onnx-ir (``pip install 'surgeon[dynamo]'``)
 and writes opset 18 unless torch manages the opset asked for; ``opset_compat``
@@ -73,6 +76,30 @@ class InputSpec:
     dtype: str = "float32"
 
 
+@dataclass(frozen=True)
+class DynamicAxis:
+    """Axis ``axis`` of the input called ``input`` is exported dynamic, as the dimension ``name``."""
+
+    input: str
+    axis: int
+    name: str
+
+
+def parse_dynamic_axis(text: str) -> DynamicAxis:
+    """``"input_ids:1:seq"`` -> DynamicAxis("input_ids", 1, "seq") (an input name may hold colons itself)."""
+    rest, _, name = text.rpartition(":")
+    input_name, _, axis = rest.rpartition(":")
+    if not input_name or not axis.strip().isdigit() or not name.strip():
+        raise ValueError(f"dynamic axis {text!r}: expected INPUT:AXIS:NAME, such as input_ids:1:seq")
+    dynamic = DynamicAxis(input_name, int(axis), name.strip())
+    if dynamic.axis == 0:
+        raise ValueError(f"dynamic axis {text!r}: axis 0 is the batch, which dynamic_batch (or "
+                         "torch.dynamic_batch_export) makes dynamic")
+    if not dynamic.name.isidentifier() or dynamic.name == BATCH_AXIS:
+        raise ValueError(f"dynamic axis {text!r}: the name must be a word such as seq, and not {BATCH_AXIS!r}")
+    return dynamic
+
+
 def parse_input_shape(text: str) -> InputSpec:
     """``"1,3,224,224"``, ``"1x3x224x224"`` or ``"int64:1,16"`` -> an InputSpec."""
     dtype, _, sizes = text.rpartition(":")
@@ -108,16 +135,23 @@ class TorchOptions:
                f"it writes opset {DYNAMO_OPSET}, which opset_compat lowers"})
     dynamic_batch_export: bool = field(default=False, metadata={
         "doc": "ask the exporter for a dynamic batch axis instead of exporting at the given shapes"})
+    dynamic_axes: list[str] = field(default_factory=list, metadata={
+        "doc": "other axes to export dynamic, as INPUT:AXIS:NAME (input_ids:1:seq,attention_mask:1:seq); "
+               "verify them with --axis-sizes NAME=8,16,32"})
     kwargs: dict[str, Any] = field(default_factory=dict, metadata={
         "doc": 'keyword arguments of the factory, as JSON: {"num_classes": 6}'})
 
     def __post_init__(self) -> None:
         self.inputs()
+        self.axes()
         if self.opset is not None and self.opset < 7:
             raise ValueError(f"opset {self.opset}: ONNX export needs opset 7 or later")
 
     def inputs(self) -> list[InputSpec]:
         return [parse_input_shape(text) for text in self.input_shapes]
+
+    def axes(self) -> list[DynamicAxis]:
+        return [parse_dynamic_axis(text) for text in self.dynamic_axes]
 
 
 def accepts(spec: str) -> bool:
@@ -151,13 +185,13 @@ def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
     input_names = names_for("input_names", options.input_names, default_input_names(model, len(args)))
     output_names = names_for("output_names", options.output_names,
                              ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))])
+    axes = dynamic_axes_at(options.axes(), input_names, inputs)
     path = ctx.scratch / "torch_export.onnx"
     started = time.perf_counter()
-    export(model, args, path, input_names, output_names, options)
+    export(model, args, path, input_names, output_names, options, axes)
     seconds = time.perf_counter() - started
     exported = load_model(path)
-    if options.dynamo:
-        name_batch_axis(exported)
+    name_dynamic_axes(exported, {(input_names[index], axis): name for (index, axis), name in axes.items()})
     opset = opset_of(exported)
     ctx.record("export", {
         "exporter": "dynamo" if options.dynamo else "torchscript",
@@ -165,6 +199,7 @@ def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
         "inputs": [{"name": name, "shape": list(i.shape), "dtype": i.dtype} for name, i in zip(input_names, inputs)],
         "outputs": output_names,
         "dynamic_batch": options.dynamic_batch_export,
+        "dynamic_axes": options.dynamic_axes,
         "weights": options.weights or "the factory's",
         "seconds": round(seconds, 3),
     })
@@ -175,6 +210,22 @@ def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
                     "(opset_compat) brings such a model within onnx-tf's reach", opset, options.opset)
     ctx.set_reference(reference(model), "the PyTorch model")
     return exported
+
+
+def dynamic_axes_at(axes: list[DynamicAxis], input_names: list[str],
+                    inputs: list[InputSpec]) -> dict[tuple[int, int], str]:
+    """The named dynamic axes by (input index, axis), checked against the inputs."""
+    at = {}
+    for dynamic in axes:
+        if dynamic.input not in input_names:
+            raise SurgeonError(f"option torch.dynamic_axes: the model has no input {dynamic.input!r} "
+                               f"(its inputs: {', '.join(input_names)})")
+        index = input_names.index(dynamic.input)
+        if dynamic.axis >= len(inputs[index].shape):
+            raise SurgeonError(f"option torch.dynamic_axes: input {dynamic.input!r} has no axis {dynamic.axis} "
+                               f"(shape {list(inputs[index].shape)})")
+        at[index, dynamic.axis] = dynamic.name
+    return at
 
 
 def load_with_dynamic_batch(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
@@ -331,38 +382,43 @@ def flat_outputs(value: Any) -> list[torch.Tensor]:
 
 
 def export(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
-           output_names: list[str], options: TorchOptions) -> None:
-    """Write the model's ONNX to ``path``; torch's warnings go to the debug log (--verbose)."""
+           output_names: list[str], options: TorchOptions, axes: dict[tuple[int, int], str]) -> None:
+    """Write the model's ONNX to ``path``, with the batch dynamic if asked and the ``axes`` (by input index and
+    axis) dynamic; torch's warnings go to the debug log (--verbose)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if options.dynamo:
-            export_with_dynamo(model, args, path, input_names, output_names, options)
+            export_with_dynamo(model, args, path, input_names, output_names, options, axes)
         else:
-            export_with_torchscript(model, args, path, input_names, output_names, options)
+            export_with_torchscript(model, args, path, input_names, output_names, options, axes)
     for warning in caught:
         log.debug("torch.onnx.export: %s", warning.message)
 
 
 def export_with_torchscript(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
-                            output_names: list[str], options: TorchOptions) -> None:
+                            output_names: list[str], options: TorchOptions,
+                            axes: dict[tuple[int, int], str]) -> None:
     import torch
 
-    dynamic_axes = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
-                    if options.dynamic_batch_export else None)
+    dynamic_axes: dict[str, dict[int, str]] = ({name: {0: BATCH_AXIS} for name in [*input_names, *output_names]}
+                                               if options.dynamic_batch_export else {})
+    for (index, axis), name in axes.items():
+        dynamic_axes.setdefault(input_names[index], {})[axis] = name
     try:
         torch.onnx.export(model, tuple(args), str(path), dynamo=False, opset_version=options.opset,
-                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes)
+                          input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes or None)
     except Exception as error:
         raise SurgeonError(f"torch.onnx.export failed at opset {options.opset} ({describe(error)})",
                            hint="another --set torch.opset=N may help") from None
 
 
 def export_with_dynamo(model: torch.nn.Module, args: list[torch.Tensor], path: Path, input_names: list[str],
-                       output_names: list[str], options: TorchOptions) -> None:
+                       output_names: list[str], options: TorchOptions,
+                       axes: dict[tuple[int, int], str]) -> None:
     """Capture the model with torch.export, then translate the program with the dynamo exporter."""
     import torch
 
-    program = capture(model, args, options.dynamic_batch_export)
+    program = capture(model, args, options.dynamic_batch_export, axes)
     with torch_onnx_log_at_debug():
         try:
             torch.onnx.export(program, (), str(path), dynamo=True, opset_version=options.opset, verbose=False,
@@ -373,16 +429,23 @@ def export_with_dynamo(model: torch.nn.Module, args: list[torch.Tensor], path: P
                                     "exporter") from None
 
 
-def capture(model: torch.nn.Module, args: list[torch.Tensor], dynamic_batch: bool) -> torch.export.ExportedProgram:
+def capture(model: torch.nn.Module, args: list[torch.Tensor], dynamic_batch: bool,
+            axes: dict[tuple[int, int], str]) -> torch.export.ExportedProgram:
     """``torch.export`` the model; a dynamic batch is traced at batch 2 at least, since torch specializes
-    sizes 0 and 1."""
+    sizes 0 and 1. The named ``axes`` are left for torch to find their range (``Dim.AUTO``)."""
     import torch
 
     dynamic_shapes = None
-    if dynamic_batch:
-        args = [tensor.expand(max(2, tensor.shape[0]), *tensor.shape[1:]).contiguous() for tensor in args]
-        batch = torch.export.Dim(BATCH_AXIS)
-        dynamic_shapes = tuple({0: batch} for _ in args)
+    if dynamic_batch or axes:
+        shapes: list[dict[int, Any]] = [{} for _ in args]
+        if dynamic_batch:
+            args = [tensor.expand(max(2, tensor.shape[0]), *tensor.shape[1:]).contiguous() for tensor in args]
+            batch = torch.export.Dim(BATCH_AXIS)
+            for shape in shapes:
+                shape[0] = batch
+        for index, axis in axes:
+            shapes[index][axis] = torch.export.Dim.AUTO
+        dynamic_shapes = tuple(shape or None for shape in shapes)
     try:
         return torch.export.export(model, tuple(args), dynamic_shapes=dynamic_shapes, strict=False)
     except Exception as error:
@@ -409,18 +472,29 @@ class DebugLogRelay(logging.Handler):
         log.debug("%s: %s", record.name, record.getMessage())
 
 
-def name_batch_axis(model: onnx.ModelProto) -> None:
-    """Call the first input's symbolic batch dim ``batch`` in the graph's inputs, outputs and value_info
-    (the dynamo exporter names it after its symbol, e.g. ``s31``)."""
+def name_dynamic_axes(model: onnx.ModelProto, axes: dict[tuple[str, int], str]) -> None:
+    """Name the symbolic dims of the export as asked, in the graph's inputs, outputs and value_info: the first
+    input's batch ``batch``, and each of ``axes`` (by input name and axis) its name (the dynamo exporter names
+    them after its symbols, e.g. ``s31``). An axis the exporter left fixed is an error: the model computes with
+    its size as a constant."""
     graph = model.graph
-    dims = graph.input[0].type.tensor_type.shape.dim if graph.input else []
-    symbol = dims[0].dim_param if dims else ""
-    if not symbol:
-        return
+    inputs = {value.name: value for value in graph.input}
+    wanted = {**({(graph.input[0].name, 0): BATCH_AXIS} if graph.input else {}), **axes}
+    renames = {}
+    for (input_name, axis), name in wanted.items():
+        dims = inputs[input_name].type.tensor_type.shape.dim if input_name in inputs else []
+        if axis >= len(dims):
+            continue
+        if dims[axis].dim_param:
+            renames[dims[axis].dim_param] = name
+        elif (input_name, axis) in axes:
+            raise SurgeonError(f"option torch.dynamic_axes: the exporter fixed axis {axis} of input {input_name!r} "
+                               f"at {dims[axis].dim_value}: the model computes with that size as a constant",
+                               hint="docs/dynamic_axes.md says what keeps an axis dynamic")
     for value in [*graph.input, *graph.output, *graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param == symbol:
-                dim.dim_param = BATCH_AXIS
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
 
 
 def reference(model: torch.nn.Module) -> Reference:
