@@ -357,6 +357,29 @@ def test_graph_with_variables_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.tf
+def test_graph_with_loops_falls_back_to_onnx_tf_s_layout_and_still_serves(tmp_path: Path) -> None:
+    """onnx-tf checks ScatterND's indices in a while loop, which Grappler lowers into frames the rewritten graph
+    cannot run ("has inputs from different frames", as a padded, shifted Swin window mask did)."""
+    import surgeon
+
+    generator = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("ScatterND", ["c", "indices", "updates"], ["y"])]
+    graph = helper.make_graph(nodes, "scatter", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [weight(generator, "w", 3, 2, 3, 3),
+                               numpy_helper.from_array(np.array([[0, 1, 2]], np.int64), "indices"),
+                               numpy_helper.from_array(np.full((1, 4), 7.0, np.float32), "updates")])
+    path = tmp_path / "scatter.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    report = surgeon.run(path, tmp_path / "out")
+    assert report["layout"]["rewritten"] is False
+    assert report["layout"]["why_not"].startswith("the serving graph has ")
+    assert "loops" in report["layout"]["why_not"]
+    assert all(row["ok"] for row in report["parity"])
+
+
 @pytest.mark.parametrize("size, kernel, stride, before, after, same", [
     (12, 3, 1, 1, 1, True), (None, 3, 1, 1, 1, True), (None, 3, 1, 0, 2, False), (None, 3, 2, 1, 1, False),
     (8, 3, 2, 1, 1, False), (7, 3, 2, 1, 1, True), (128, 7, 2, 3, 3, False), (9, 2, 2, 0, 1, True),

@@ -69,6 +69,7 @@ LAYOUT_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPo
 # ONNX ops whose onnx-tf handlers keep TensorFlow variables and assign them while the model runs
 STATEFUL_OPS = frozenset({"LSTM", "GRU", "RNN", "NonMaxSuppression"})
 VARIABLE_OPS = frozenset({"VarHandleOp", "ReadVariableOp", "AssignVariableOp", "VariableV2", "Variable"})
+LOOP_OPS = frozenset({"While", "StatelessWhile"})
 
 
 def write_for_serving(model, convert: Callable[[str, Path], None], target: Path, device: str = "CPU",
@@ -160,6 +161,10 @@ def optimize_for_serving(saved_model_dir: Path, target_dir: Path, device: str = 
     if variables:
         raise LayoutError(f"the serving graph has variables ({', '.join(variables)}), which the layout rewrite "
                           "cannot freeze")
+    loops = sum(node.op in LOOP_OPS for node in all_nodes(meta_graph.graph_def))
+    if loops:
+        raise LayoutError(f"the serving graph has {loops} loops (onnx-tf checks ScatterND indices with one), which "
+                          "Grappler lowers into frames the rewritten graph cannot run")
     channels_last = device == "CPU"
     graph = Graph(grappler(meta_graph, channels_last), [info.name for info in signature.outputs.values()])
     done: Counter = Counter()
