@@ -7,7 +7,7 @@ For each model of ``bench/zoo.py``:
   first dim to ``?``, onnx-tf ``prepare(...).export_graph``, then serve the
   SavedModel in a fresh process at batch 1, 3 and 8 and compare with PyTorch;
 - surgeon: ``surgeon run bench/zoo.py:build`` with
-  dynamic_batch,pool_fix,opset_compat,rename_outputs, verified at 1, 3 and 8
+  dynamic_batch,pool_fix,gru_fix,opset_compat,rename_outputs, verified at 1, 3 and 8
   (and per sample) against PyTorch, the SavedModel in a fresh process;
 - surgeon dynamo: the same with ``--set torch.dynamo=true`` (needs
   onnxscript and onnx-ir: ``pip install 'surgeon[dynamo]'``); skipped, and
@@ -51,6 +51,7 @@ ZOO = HERE / "zoo.py"
 RESULTS = HERE / "results" / "architectures.md"
 PLUGINS = "dynamic_batch,pool_fix,gru_fix,opset_compat,rename_outputs"
 BATCHES = (1, 3, 8)
+LENGTHS = (8, 16, 32)  # the sequence lengths text models are verified at, with their sequence axes dynamic
 ATOL, RTOL = 1e-4, 1e-3
 TIMEOUT_S = 900
 RECIPE_OPSET = {"vit": 14}  # scaled_dot_product_attention needs 14
@@ -145,13 +146,19 @@ def run_recipe(name: str) -> tuple[str, float]:
     return finished.stdout.strip().splitlines()[-1], seconds
 
 
-def run_surgeon(name: str, dynamo: bool) -> tuple[str, float]:
+def sequence_flags(name: str) -> list[str]:
+    """The flags that export the text model ``name`` with its sequence axes dynamic and verify them at LENGTHS."""
+    axes = ",".join(f"{entry}:seq" for entry in zoo.SEQUENCE_AXES[name].split(","))
+    return ["--set", f"torch.dynamic_axes={axes}", "--axis-sizes", f"seq={','.join(map(str, LENGTHS))}"]
+
+
+def run_surgeon(name: str, dynamo: bool, sequence: bool = False) -> tuple[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "out"
         command = [sys.executable, "-m", "surgeon", "run", f"{ZOO}:build", "-o", str(out), "--plugins", PLUGINS,
                    "--batch-sizes", ",".join(map(str, BATCHES)), "--set", f"torch.kwargs={json.dumps({'name': name})}",
                    *[argument for shape in zoo.SHAPES[name] for argument in ("--input-shape", shape)],
-                   *(["--set", "torch.dynamo=true"] if dynamo else [])]
+                   *(["--set", "torch.dynamo=true"] if dynamo else []), *(sequence_flags(name) if sequence else [])]
         started = time.perf_counter()
         try:
             finished = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -167,6 +174,11 @@ def run_surgeon(name: str, dynamo: bool) -> tuple[str, float]:
     touched = [plugin["name"] for plugin in report["plugins"]
                if plugin["nodes_added"] or plugin["nodes_removed"] or plugin["nodes_rewritten"] or plugin["renamed"]]
     return f"ok (max abs error {worst:.1e}; nodes changed by {', '.join(touched) or 'none'})", seconds
+
+
+def what_it_has(name: str) -> str:
+    """The first paragraph of the model's docstring, on one line."""
+    return " ".join(zoo.FACTORIES[name].__doc__.split("\n\n")[0].split())
 
 
 def main() -> None:
@@ -193,14 +205,19 @@ def main() -> None:
             outcomes.append(run_surgeon(name, dynamo=True))
         for config, (outcome, seconds) in zip(configs, outcomes):
             print(f"{name:<11} {config:<15} {seconds:5.1f}s  {outcome}", flush=True)
-        rows.append((name, zoo.FACTORIES[name].__doc__.splitlines()[0], outcomes))
+        rows.append((name, what_it_has(name), outcomes))
+    sequences = []
+    for name in [name for name in names if name in zoo.SEQUENCE_AXES]:
+        outcome, seconds = run_surgeon(name, dynamo=False, sequence=True)
+        print(f"{name:<11} {'dynamic sequence':<15} {seconds:5.1f}s  {outcome}", flush=True)
+        sequences.append((name, outcome, seconds))
     if args.only:
         print(f"not written to {results}: --only ran a subset")
     else:
-        write(rows, results, stack_words, no_dynamo, plain)
+        write(rows, sequences, results, stack_words, no_dynamo, plain)
 
 
-def write(rows: list, results: Path, stack_words: str, no_dynamo: str | None, plain: str) -> None:
+def write(rows: list, sequences: list, results: Path, stack_words: str, no_dynamo: str | None, plain: str) -> None:
     servable = [sum(outcomes[k][0].startswith("ok") for _, _, outcomes in rows) for k in range(len(rows[0][2]))]
     dynamo = (f"the dynamo exporter was not run ({no_dynamo})" if no_dynamo
               else f"surgeon with the dynamo exporter **{servable[2]} of {len(rows)}**")
@@ -229,6 +246,20 @@ def write(rows: list, results: Path, stack_words: str, no_dynamo: str | None, pl
     for name, doc, outcomes in rows:
         cells = [f"{outcome} ({seconds:.0f} s)" for outcome, seconds in outcomes]
         lines.append(f"| {name} | {doc} | " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    lines += [
+        "",
+        "## Text models with a dynamic sequence",
+        "",
+        f"The text models exported with their sequence axes dynamic (`--set torch.dynamic_axes=...:seq`, the axes "
+        f"of the zoo's `SEQUENCE_AXES`) and verified from one SavedModel at every combination of batch "
+        f"{', '.join(map(str, BATCHES))} and sequence length {', '.join(map(str, LENGTHS))} "
+        f"(`--axis-sizes seq={','.join(map(str, LENGTHS))}`): "
+        f"**{sum(outcome.startswith('ok') for _, outcome, _ in sequences)} of {len(sequences)}** serve.",
+        "",
+        "| model | surgeon, dynamic sequence |",
+        "|---|---|",
+        *(f"| {name} | {outcome.replace('|', '/')} ({seconds:.0f} s) |" for name, outcome, seconds in sequences),
+    ]
     results.write_text("\n".join(lines) + "\n")
     print(f"wrote {results}")
 

@@ -4,13 +4,14 @@ batch 1, 3 and 8 (surgeon's own parity check). bench/architectures.py compares t
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
 import surgeon
-
-pytestmark = pytest.mark.tf  # every test here converts with TensorFlow
+from surgeon_plugins.sources.torch import parse_input_shape
 
 ZOO = Path(__file__).parents[1] / "bench" / "zoo.py"
 PLUGINS = ["dynamic_batch", "pool_fix", "gru_fix", "opset_compat", "rename_outputs"]
@@ -23,7 +24,8 @@ def zoo_module():
     return module
 
 
-SHAPES = zoo_module().SHAPES
+ZOO_MODULE = zoo_module()
+SHAPES, SEQUENCE_AXES = ZOO_MODULE.SHAPES, ZOO_MODULE.SEQUENCE_AXES
 
 
 def convert(name: str, out: Path, **torch_options) -> dict:
@@ -37,14 +39,51 @@ def assert_served_at_every_batch(report: dict) -> None:
     assert {(1, "vs reference"), (3, "vs reference"), (8, "vs reference"), (8, "per-sample")} <= served
 
 
+@pytest.mark.tf
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_architecture_serves(name: str, tmp_path: Path) -> None:
     assert_served_at_every_batch(convert(name, tmp_path / "out"))
 
 
+@pytest.mark.tf
+@pytest.mark.parametrize("name", sorted(SEQUENCE_AXES))
+def test_text_model_serves_every_sequence_length_from_one_saved_model(name: str, tmp_path: Path) -> None:
+    axes = [f"{entry}:seq" for entry in SEQUENCE_AXES[name].split(",")]
+    report = surgeon.run(f"{ZOO}:build", tmp_path / "out", plugins=PLUGINS, batch_sizes=[1, 3, 8],
+                         axis_sizes={"seq": [8, 16, 32]},
+                         options={"torch": {"kwargs": {"name": name}, "input_shapes": SHAPES[name],
+                                            "dynamic_axes": axes}})
+    assert all(row["ok"] for row in report["parity"]), [row for row in report["parity"] if not row["ok"]]
+    served = {(row["batch"], row["sizes"]["seq"]) for row in report["parity"] if row["stage"] == "saved_model"}
+    assert served == {(batch, length) for batch in (1, 3, 8) for length in (8, 16, 32)}
+
+
+@pytest.mark.tf
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_architecture_serves_through_the_dynamo_exporter(name: str, dynamo_exporter, tmp_path: Path) -> None:
     report = convert(name, tmp_path / "out", dynamo=True)
     assert report["export"]["exporter"] == "dynamo"
     assert_served_at_every_batch(report)
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_AXES))
+def test_sequence_axes_are_the_text_models_sequence_axes(name: str) -> None:
+    """SEQUENCE_AXES names forward() parameters, and the models run with those axes at another length (8 for the
+    exported 12 or 16): the length follows into a per-token output, and a per-sequence output keeps its shape."""
+    model = ZOO_MODULE.build(name)
+    parameters = list(inspect.signature(model.forward).parameters)
+    specs = dict(zip(parameters, map(parse_input_shape, SHAPES[name])))
+    axes = dict(entry.split(":") for entry in SEQUENCE_AXES[name].split(","))
+    assert set(axes) <= set(specs)
+    generator = torch.Generator().manual_seed(0)
+
+    def outputs(length: int) -> torch.Tensor:
+        shapes = {input_name: [length if str(axis) == axes.get(input_name) else size
+                               for axis, size in enumerate(spec.shape)] for input_name, spec in specs.items()}
+        with torch.no_grad():
+            return model(*(torch.randint(0, 4, shapes[input_name], generator=generator) for input_name in specs))
+
+    exported, shorter = outputs(specs[parameters[0]].shape[1]), outputs(8)
+    assert shorter.shape == (exported.shape[:1] + (8,) + exported.shape[2:] if exported.dim() == 3
+                             else exported.shape)

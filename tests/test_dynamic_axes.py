@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
 import surgeon
 from surgeon.errors import SurgeonError
+from surgeon.feeds import Case, case_feed
 from surgeon.fuzzing import cli_in_process
+from test_tf_serving import WARMUP, read_records
 from test_transformers import MODELS, PLUGINS
 
 TEXT = {"input_shapes": ["int64:1,16", "int64:1,16"], "input_names": ["input_ids", "attention_mask"],
@@ -88,9 +91,19 @@ def text_model(seq: int | str) -> onnx.ModelProto:
 @pytest.mark.tf
 def test_an_onnx_file_with_a_named_dynamic_axis_is_checked_at_each_size(tmp_path: Path) -> None:
     onnx.save(text_model("seq"), tmp_path / "text.onnx")
-    report = surgeon.run(tmp_path / "text.onnx", tmp_path / "out", batch_sizes=[2], axis_sizes={"seq": [5, 7]})
+    report = surgeon.run(tmp_path / "text.onnx", tmp_path / "out", batch_sizes=[2], axis_sizes={"seq": [5, 7]},
+                         formats=["saved_model", "triton", "tf_serving"])
     assert {(row["stage"], row["sizes"]["seq"]) for row in report["parity"] if row["check"] == "vs reference"} == {
         (stage, length) for stage in ("onnx", "saved_model") for length in (5, 7)}
+    for config in (tmp_path / "out" / "triton").glob("*/config.pbtxt"):  # any length, after the batch
+        assert 'name: "ids" data_type: TYPE_INT64 dims: [ -1 ]' in config.read_text()
+    assert report["tf_serving_warmup"]["batch_sizes"] == [2]
+    warmup = next((tmp_path / "out" / "tf_serving").glob("*/1")).joinpath(*WARMUP)
+    records = read_records(warmup)
+    assert len(records) == 2  # one per length verified: 5 and 7
+    for record, length in zip(records, (5, 7)):  # each request holds the ids verification ran, as raw int64s
+        (ids,) = case_feed(text_model("seq"), Case(2, (("seq", length),)))
+        assert ids.shape == (2, length) and ids.tobytes() in record
 
 
 def test_a_fixed_axis_of_an_onnx_file_is_refused_with_what_to_do(tmp_path: Path) -> None:
