@@ -303,6 +303,8 @@ def run(config: RunConfig) -> dict[str, Any]:
         if oversized:
             raise SurgeonError(f"{config.source}: {oversized}, over the budget of {config.max_tensor_gib:g} GiB",
                                hint="raise it with --max-tensor-gib if the machine really has the memory")
+        if config.verify or config.axis_sizes:
+            cases(ctx.model, config.batch_sizes, config.axis_sizes)  # sizes the model cannot take: before writing
         for writer, writer_options in plan.writers:
             with stage(report, f"write_{writer.name}", f"writing {writer.name}"):
                 with blamed_on(writer.name, "writing"):
