@@ -49,6 +49,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet3d(nn.Module):
+    layer1: nn.Sequential  # set in __init__, one per stage
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, sample_size: int, sample_duration: int, num_classes: int = 6, in_channels: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv3d(in_channels, WIDTHS[0], kernel_size=7, stride=(1, 2, 2), padding=3, bias=False)
@@ -61,7 +66,8 @@ class ResNet3d(nn.Module):
             stage = [BasicBlock(in_planes, planes, stride)] + [BasicBlock(planes, planes) for _ in range(blocks - 1)]
             setattr(self, f"layer{index + 1}", nn.Sequential(*stage))
             in_planes = planes
-        self.avgpool = nn.AvgPool3d((math.ceil(sample_duration / 16), *[math.ceil(sample_size / 32)] * 2), stride=1)
+        side = math.ceil(sample_size / 32)
+        self.avgpool = nn.AvgPool3d((math.ceil(sample_duration / 16), side, side), stride=1)
         self.fc = nn.Linear(WIDTHS[-1], num_classes)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -92,6 +98,8 @@ def ct_position(input_shape: Sequence[int], num_classes: int = 6) -> ResNet3d:
 @torch.no_grad()
 def randomise(norm: nn.BatchNorm3d) -> None:
     """Batch-norm parameters and statistics that differ per channel, as trained ones do."""
+    if norm.running_mean is None or norm.running_var is None:
+        raise ValueError("randomise() takes a batch norm that tracks running statistics")
     norm.weight.uniform_(0.8, 1.2)
     norm.bias.normal_(0.0, 0.1)
     norm.running_mean.normal_(0.0, 0.1)

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import Finding, Hazard, RewritePass, hookimpl
+from surgeon import Finding, Hazard, RewritePass, SurgeonError, hookimpl
 from surgeon.graph import Builder, Unfixable, constant_value, describe, is_empty, optional_input
 from surgeon.shapes import inferred_types
 
@@ -97,6 +97,8 @@ def read(node: gs.Node, dims: Sequence | None, max_steps: int) -> Gru:
     if steps > max_steps:
         raise Unfixable(f"its sequence has {steps} steps, over max_steps={max_steps}")
     input_weights, recurrence = constant_input(node, 1), constant_input(node, 2)
+    if input_weights is None or recurrence is None:  # W and R are required inputs of an ONNX GRU
+        raise SurgeonError(f"{describe(node)} lacks its W or R input, which every GRU has")
     hidden = recurrence.shape[-1]
     bias = constant_input(node, 3)
     if bias is None:
@@ -221,7 +223,7 @@ def plan(graph: gs.Graph, options: GruFixOptions) -> list[tuple[gs.Node, Gru | N
     inferred = {}
     if any(node.inputs[0].shape is None for node in nodes):  # exporters often leave intermediate shapes out
         inferred = {name: dims for name, (_, dims) in inferred_types(graph).items()}
-    chosen = []
+    chosen: list[tuple[gs.Node, Gru | None, str | None]] = []
     for node in nodes:
         x = node.inputs[0]
         try:

@@ -45,7 +45,7 @@ from typing import Literal
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon import Finding, Hazard, RewritePass, hookimpl
+from surgeon import Finding, Hazard, RewritePass, SurgeonError, hookimpl
 from surgeon.graph import Builder, describe
 
 log = logging.getLogger("surgeon")
@@ -135,11 +135,20 @@ def same_total(dim, stride: int, span: int) -> int | None:
 
 def same_pads(dims: Sequence, pool: Pool, lower: bool = False) -> tuple[list[int], list[int]] | None:
     """(begins, ends) of SAME_UPPER, or SAME_LOWER, padding on ``dims``; None when they depend on unknown dims."""
-    totals = [same_total(dim, stride, span) for dim, stride, span in zip(dims, pool.strides, pool.spans)]
-    if None in totals:
+    maybe_totals = [same_total(dim, stride, span) for dim, stride, span in zip(dims, pool.strides, pool.spans)]
+    totals = [total for total in maybe_totals if total is not None]
+    if len(totals) != len(maybe_totals):
         return None
     begins = [(total + lower) // 2 for total in totals]
     return begins, [total - begin for total, begin in zip(totals, begins)]
+
+
+def known(pads: tuple[list[int], list[int]] | None, pool: Pool) -> tuple[list[int], list[int]]:
+    """``pads`` (from ``explicit_pads`` or ``same_pads``) where the caller knows they do not depend on unknown dims:
+    explicit pads, VALID, or a static input shape."""
+    if pads is None:
+        raise SurgeonError(f"{describe(pool.node)}: its padding depends on input dims that are not known")
+    return pads
 
 
 def read(node: gs.Node, inferred: dict[str, tuple]) -> Pool | None:
@@ -195,9 +204,10 @@ def inferred_shapes(graph: gs.Graph, nodes: Sequence[gs.Node]) -> dict[str, tupl
 def onnx_tf_trouble(pool: Pool) -> str | None:
     """Why onnx-tf 1.10 would run ``pool`` as a PyFunc or compute it wrongly; None when it converts it exactly."""
     op, mode = pool.node.op, pool.auto_pad
-    if mode == "NOTSET" and any(pool.pads) and pool.static:
-        if pool.explicit_pads() == same_pads(pool.shape[1: pool.rank + 1], pool):  # the dims onnx-tf 1.10 passes
-            if pads_differ_in_effect(pool, same_pads(pool.shape[2:], pool)):
+    shape = pool.shape  # not None when static
+    if mode == "NOTSET" and any(pool.pads) and pool.static and shape is not None:
+        if pool.explicit_pads() == same_pads(shape[1: pool.rank + 1], pool):  # the dims onnx-tf 1.10 passes
+            if pads_differ_in_effect(pool, known(same_pads(shape[2:], pool), pool)):
                 return ("onnx-tf takes its pads for SAME_UPPER, computed from the wrong dims, "
                         "and pads differently: wrong numbers")
             mode = "SAME_UPPER"
@@ -223,7 +233,7 @@ def onnx_tf_trouble(pool: Pool) -> str | None:
 
 def pads_differ_in_effect(pool: Pool, other: tuple[list[int], list[int]]) -> bool:
     """Pooling in floor mode over ``other`` pads moves, adds or drops windows, or changes a divisor, on some axis."""
-    begins, ends = pool.explicit_pads()
+    begins, ends = known(pool.explicit_pads(), pool)
     counted = pool.node.op == "AveragePool" and pool.count_pad
     for dim, begin, end, padded_end, other_begin, other_end, stride, span in zip(
             pool.dims, begins, ends, pool.padded_ends(ends), *other, pool.strides, pool.spans):
@@ -238,7 +248,7 @@ def pads_differ_in_effect(pool: Pool, other: tuple[list[int], list[int]]) -> boo
 
 def ceil_extends(pool: Pool) -> bool:
     """Ceil mode adds a window that floor mode lacks, on some input size."""
-    begins, ends = pool.explicit_pads()
+    begins, ends = known(pool.explicit_pads(), pool)
     for dim, stride, span, begin, end in zip(pool.dims, pool.strides, pool.spans, begins, ends):
         if stride > 1 and (dim is None or (dim + begin + end - span) % stride):
             return True
@@ -247,7 +257,7 @@ def ceil_extends(pool: Pool) -> bool:
 
 def last_window_in_padding(pool: Pool) -> bool:
     """Ceil mode makes a last window that starts in the end padding, on some input size."""
-    begins, ends = pool.explicit_pads()
+    begins, ends = known(pool.explicit_pads(), pool)
     for dim, stride, span, begin, end in zip(pool.dims, pool.strides, pool.spans, begins, ends):
         if dim is None:
             if end + stride > span:
@@ -290,8 +300,10 @@ def plan(graph: gs.Graph, options: PoolFixOptions) -> list[tuple[Pool, str, str 
     """(pool, why it is rewritten, why it cannot be) for each pooling node the pass is for."""
     nodes = [node for node in graph.nodes if is_pool(node)]
     inferred = inferred_shapes(graph, nodes)
-    chosen = []
+    chosen: list[tuple[Pool, str, str | None]] = []
     for pool in (read(node, inferred) for node in nodes):
+        if pool is None:  # read() is None only for nodes that are not pooling, and these all are
+            continue
         why = onnx_tf_trouble(pool)
         if why is None and options.scope == "all" and reshapes_padding(pool):
             why = "padding or ceil_mode (scope=all)"
@@ -383,7 +395,11 @@ def rewrite(build: PoolBuilder, pool: Pool) -> None:
         pad_amounts = build.op("Concat", [zeros, begins, zeros, ends], f"{base}/pads", dtype=np.int64, axis=0)
     else:
         pad_amounts = [0, 0, *pads[0], 0, 0, *pool.padded_ends(pads[1])]
-    fill = build.const(f"{base}/lowest", lowest(pool.dtype)) if node.op == "MaxPool" else None
+    fill = None
+    if node.op == "MaxPool":
+        if pool.dtype is None:  # blocker() keeps such a node from being rewritten
+            raise SurgeonError(f"{describe(node)}: the dtype of its input {x.name!r} is not known")
+        fill = build.const(f"{base}/lowest", lowest(pool.dtype))
     node.inputs[0] = build.pad(x, pad_amounts, fill, f"{base}/padded")
     for key in ("pads", "auto_pad", "ceil_mode", "count_include_pad"):
         node.attrs.pop(key, None)

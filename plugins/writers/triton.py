@@ -53,7 +53,7 @@ from surgeon.feeds import SYMBOLIC_DIM_SIZE, static_batch
 
 log = logging.getLogger("surgeon")
 
-TRITON_TYPES = {
+TRITON_TYPES: dict[int, str] = {  # keyed by data type, the int that TypeProto.Tensor.elem_type holds
     onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16", onnx.TensorProto.DOUBLE: "TYPE_FP64",
     onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
     onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.INT16: "TYPE_INT16", onnx.TensorProto.INT32: "TYPE_INT32",

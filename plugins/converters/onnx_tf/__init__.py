@@ -222,7 +222,8 @@ def trace(module, signatures: dict, keys: dict[str, str]):
     """
     import tensorflow as tf
 
-    call = type(module).__call__.python_function
+    # __call__ is a tf.function there; python_function, the function it wraps, is an attribute of tf.function's
+    call = getattr(type(module).__call__, "python_function")
     specs = {keys[name]: tf.TensorSpec(spec.shape, spec.dtype, name=keys[name]) for name, spec in signatures.items()}
 
     def serve(**inputs):

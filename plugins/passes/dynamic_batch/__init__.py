@@ -121,7 +121,10 @@ def detect(graph: gs.Graph, options: DynamicBatchOptions) -> list[Finding]:
     findings += [Finding(where=fix.where, message=fix.reason, nodes=(fix.node.name,)) for fix in flow.fixes]
     for tensor in graph.outputs:
         if id(tensor) in updated:
-            axis = flow.state(tensor).axis
+            state = flow.state(tensor)
+            if not isinstance(state, Batch):  # shape_updates updates the outputs that hold the batch
+                raise TypeError(f"output {tensor.name!r} holds {state!r}, not the batch")
+            axis = state.axis
             findings.append(Finding(where=f"output {tensor.name!r}", message=(
                 f"declares a fixed batch of {tensor.shape[axis]} on axis {axis}; onnx-tf would reshape the served "
                 "output to it")))

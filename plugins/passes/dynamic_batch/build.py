@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 from numpy.typing import DTypeLike
 
 from surgeon.graph import Builder
-from surgeon_plugins.passes.dynamic_batch.state import Entry, Term
+from surgeon_plugins.passes.dynamic_batch.state import Entry, Term, as_int
 
 
 class BatchBuilder(Builder):
@@ -38,8 +38,9 @@ class BatchBuilder(Builder):
 
     def shape(self, entries: Sequence[Entry], base: str) -> gs.Tensor:
         """An int64 1-D tensor of ``entries`` (ints and Terms): a constant, or a Concat of constants and N * f."""
-        if all(isinstance(e, int) for e in entries):
-            return self.ints(base, entries)
+        plain = [e for e in entries if isinstance(e, int)]
+        if len(plain) == len(entries):
+            return self.ints(base, plain)
         parts: list[gs.Tensor] = []
         run: list[int] = []
         for entry in entries:
@@ -49,7 +50,7 @@ class BatchBuilder(Builder):
                     run = []
                 parts.append(self.batch_size(entry.factor))
             else:
-                run.append(entry)
+                run.append(as_int(entry))
         if run:
             parts.append(self.ints(f"{base}_part", run))
         return self.op("Concat", parts, base, axis=0)

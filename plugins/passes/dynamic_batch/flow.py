@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import onnx
@@ -166,7 +167,7 @@ class Flow:
         if rule is None:
             if any(isinstance(state, Batch) for state in states):
                 self.fail(node, f"dynamic_batch does not know how the batch flows through {node.op}")
-            outputs = [self.opaque(node, t) for t in node.outputs]
+            outputs: list[State] = [self.opaque(node, t) for t in node.outputs]
         else:
             outputs = rule(self, node)
         for tensor, state in zip(node.outputs, outputs):
@@ -176,7 +177,7 @@ class Flow:
     def state(self, tensor: gs.Tensor) -> State:
         return self.states.get(id(tensor))
 
-    def fail(self, node: gs.Node, why: str) -> None:
+    def fail(self, node: gs.Node, why: str) -> NoReturn:
         raise SurgeonError(f"{describe(node)} {why}")
 
     def fix(self, node: gs.Node, index: int, reason: str, build: Callable[[BatchBuilder], gs.Tensor]) -> None:
@@ -191,7 +192,10 @@ class Flow:
         if id(tensor) not in self.states:
             self.states[id(tensor)] = self.choose(node, [Batch(k) for k in sample_axes(array, self.batch)])
             self.positions[id(tensor)] = Positions(stride=1, span=1)
-        axis = self.states[id(tensor)].axis
+        state = self.states[id(tensor)]
+        if not isinstance(state, Batch):  # chosen above, or on an earlier visit: a sample index holds the batch
+            raise TypeError(f"the sample index {tensor.name!r} holds {state!r}, not the batch")
+        axis = state.axis
         self.fix(node, index, f"{tensor.name!r} numbers the samples of the export batch {self.batch} on axis "
                               f"{axis}; it numbers those of the runtime batch instead",
                  lambda b: b.sample_index(array.shape, axis, array.dtype))
@@ -226,8 +230,8 @@ class Flow:
         return dims
 
     def shape(self, tensor: gs.Tensor, node: gs.Node) -> list[int]:
-        dims = self.dims_of(tensor)
-        if dims is None or any(d is None for d in dims):
+        dims = fully_known(self.dims_of(tensor))
+        if dims is None:
             self.fail(node, f"needs the static shape of {tensor.name!r}, which shape inference does not know")
         return dims
 
@@ -297,15 +301,15 @@ class Flow:
         if not all(independent(self.state(t)) for t in node.inputs):
             return False
         for output in node.outputs:
-            dims = self.types.get(output.name, (None, None))[1]
-            if dims is not None and None not in dims and math.prod(dims) > EVALUATION_LIMIT:
+            dims = fully_known(self.types.get(output.name, (None, None))[1])
+            if dims is not None and math.prod(dims) > EVALUATION_LIMIT:
                 return False
         return all(math.prod(t.shape) <= EVALUATION_LIMIT for t in node.inputs if isinstance(t, gs.Constant))
 
     def opaque(self, node: gs.Node, tensor: gs.Tensor) -> Value:
         """An output computed from batch-dependent shapes in a way not followed here."""
-        dims = self.dims_of(tensor)
-        if dims is None or len(dims) > 1 or None in dims or (dims and dims[0] > 64):
+        dims = fully_known(self.dims_of(tensor))
+        if dims is None or len(dims) > 1 or (dims and dims[0] > 64):
             self.fail(node, "computes data from the batch size")
         return Value((None,) * (dims[0] if dims else 1), scalar=not dims)
 
@@ -375,8 +379,8 @@ class Flow:
             entries = [self.batch * e.factor if isinstance(e, Term) else e for e in state.entries]
             return np.array(entries[0] if state.scalar else entries)
         if state is None:
-            dims = self.dims_of(tensor)
-            if dims is not None and None not in dims and math.prod(dims) <= 64:
+            dims = fully_known(self.dims_of(tensor))
+            if dims is not None and math.prod(dims) <= 64:
                 return self.constant(tensor)
         return None
 
@@ -438,9 +442,10 @@ class Flow:
         array = self.constant(producer.inputs[shape_index])
         if array is None or array.ndim != 1 or len(array) <= axis:
             return False
-        entries: list[Entry] = array.tolist()
+        values: list[int] = array.tolist()  # int64, as ONNX has the shape or repeats input
+        entries: list[Entry] = list(values)
         if producer.op == "Tile":
-            repeats = entries[axis]
+            repeats = values[axis]
             if repeats % self.batch:
                 return False
             entries[axis] = Term(repeats // self.batch)
@@ -504,6 +509,14 @@ def sample_axes(array: np.ndarray, batch: int) -> list[int]:
     return [k for k in range(array.ndim) if array.shape[k] == batch and np.array_equal(
         array, np.broadcast_to(np.arange(batch).reshape([-1 if j == k else 1 for j in range(array.ndim)]),
                                array.shape))]
+
+
+def fully_known(dims: Sequence[int | None] | None) -> list[int] | None:
+    """``dims`` when every one of them is known; None otherwise."""
+    if dims is None:
+        return None
+    known = [d for d in dims if d is not None]
+    return known if len(known) == len(dims) else None
 
 
 def normalized(axis: int, rank: int) -> int:

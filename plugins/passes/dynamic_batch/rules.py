@@ -17,7 +17,7 @@ import surgeon_plugins.passes.dynamic_batch.indexing as indexing
 import surgeon_plugins.passes.dynamic_batch.shape_rules as shape_rules
 from surgeon.graph import optional_input
 from surgeon_plugins.passes.dynamic_batch.flow import Flow, Rule, batched_first, normalized
-from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, independent
+from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, as_int, independent
 
 
 def unused_outputs(flow: Flow, node: gs.Node, first: int) -> None:
@@ -150,7 +150,7 @@ def reduce(flow: Flow, node: gs.Node) -> list[State]:
 def cumsum(flow: Flow, node: gs.Node) -> list[State]:
     state = batched_first(flow, node)
     (axis,) = flow.entries(node.inputs[1], node)
-    if normalized(axis, flow.rank(node.inputs[0], node)) == state.axis:
+    if normalized(as_int(axis), flow.rank(node.inputs[0], node)) == state.axis:
         flow.fail(node, "accumulates along the batch axis; samples would mix")
     return [state]
 
@@ -211,7 +211,7 @@ def matmul(flow: Flow, node: gs.Node) -> list[State]:
         state, r = flow.state(tensor), ranks[side]
         if r > 2:
             aligned[side] = stacked - (r - 2)
-        if independent(state):
+        if state is None or independent(state):  # (independent() is True for None too)
             continue
         if isinstance(state, Value) or r == 1:
             flow.fail(node, f"contracts over the batch axis of {tensor.name!r}; samples would mix")
@@ -267,7 +267,8 @@ def recurrent(flow: Flow, node: gs.Node) -> list[State]:
             flow.require(node, index, state.moved(0 if layout else 1))
         elif not independent(flow.state(tensor)):
             flow.fail(node, f"has a batch-dependent parameter {tensor.name!r}")
-    return [state.moved(0 if layout else 2)] + [state.moved(0 if layout else 1)] * (len(node.outputs) - 1)
+    outputs: list[State] = [state.moved(0 if layout else 2)]
+    return outputs + [state.moved(0 if layout else 1)] * (len(node.outputs) - 1)
 
 
 def one_hot(flow: Flow, node: gs.Node) -> list[State]:

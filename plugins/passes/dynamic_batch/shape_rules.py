@@ -10,16 +10,23 @@ table the analysis uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import onnx_graphsurgeon as gs
 
 from surgeon.graph import INT64_MAX, optional_input
-from surgeon_plugins.passes.dynamic_batch.flow import Flow, batched_first, normalized
+from surgeon_plugins.passes.dynamic_batch.build import BatchBuilder
+from surgeon_plugins.passes.dynamic_batch.flow import Flow, batched_first, fully_known, normalized
 from surgeon_plugins.passes.dynamic_batch.indexing import gather_samples
-from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, independent
+from surgeon_plugins.passes.dynamic_batch.state import (Batch, Entry, State, Term, Value, as_int, independent,
+                                                          terms_of)
 
 UNBOUNDED = 1 << 31  # a Slice end at least this large means "to the end"
+
+
+def int64_constant(name: str, values: list[int]) -> Callable[[BatchBuilder], gs.Tensor]:
+    """The fix that builds ``values`` as an int64 constant called ``name``."""
+    return lambda builder: builder.ints(name, values)
 
 
 def transpose(flow: Flow, node: gs.Node) -> list[State]:
@@ -33,7 +40,7 @@ def axes_of(flow: Flow, node: gs.Node) -> list[int] | None:
     if "axes" in node.attrs:
         return list(node.attrs["axes"])
     axes = optional_input(node, 1)
-    return None if axes is None else [int(a) for a in flow.entries(axes, node)]
+    return None if axes is None else [as_int(a) for a in flow.entries(axes, node)]
 
 
 def squeeze(flow: Flow, node: gs.Node) -> list[State]:
@@ -111,7 +118,7 @@ def reshape(flow: Flow, node: gs.Node) -> list[State]:
     new = list(dst)
     new[target.axis] = -1
     flow.fix(node, 1, f"shape {list(entries)} bakes the export batch {flow.batch} on axis {target.axis}; "
-                      f"it becomes {new}", lambda b: b.ints(f"{node.name}_shape", new))
+                      f"it becomes {new}", int64_constant(f"{node.name}_shape", new))
     return [target]
 
 
@@ -140,15 +147,16 @@ def expand(flow: Flow, node: gs.Node) -> list[State]:
             return [state.moved(axis)]
         if not all(isinstance(e, int) for e in entries) or entry != flow.batch * state.factor:
             flow.fail(node, f"expands the batch axis to {entry}")
-        new = list(entries)
+        new = [as_int(e) for e in entries]
         new[axis - offset] = 1
         flow.fix(node, 1, f"shape {list(entries)} bakes the export batch {flow.batch} on axis {axis}; it becomes "
                           f"{new}, which broadcasts",
-                 lambda b: b.ints(f"{node.name}_shape", new))
+                 int64_constant(f"{node.name}_shape", new))
         return [state.moved(axis)]
-    terms = [k for k, e in enumerate(entries) if isinstance(e, Term)]
+    terms = terms_of(entries)
     if len(terms) == 1 and None not in entries:
-        target = Batch(terms[0] + offset, entries[terms[0]].factor)
+        (position, term), = terms
+        target = Batch(position + offset, term.factor)
         if target.axis - (rank - data_rank) >= 0:
             flow.require(node, 0, target.moved(target.axis - (rank - data_rank)), broadcast=True)
         return [target]
@@ -163,18 +171,19 @@ def tile(flow: Flow, node: gs.Node) -> list[State]:
         if entries[state.axis] != 1:
             flow.fail(node, "repeats the whole batch; samples would interleave")
         return [state]
-    terms = [k for k, e in enumerate(entries) if isinstance(e, Term)]
+    terms = terms_of(entries)
     if isinstance(state, Value) or len(terms) != 1 or None in entries:
         return [flow.locate(node, node.outputs[0])]
-    axis = terms[0]
-    return [Batch(axis, entries[axis].factor * flow.shape(data, node)[axis])]
+    (axis, term), = terms
+    return [Batch(axis, term.factor * flow.shape(data, node)[axis])]
 
 
 def constant_of_shape(flow: Flow, node: gs.Node) -> list[State]:
     entries = flow.entries(node.inputs[0], node)
-    terms = [k for k, e in enumerate(entries) if isinstance(e, Term)]
+    terms = terms_of(entries)
     if len(terms) == 1 and None not in entries:
-        return [Batch(terms[0], entries[terms[0]].factor)]
+        (axis, term), = terms
+        return [Batch(axis, term.factor)]
     return [flow.locate(node, node.outputs[0])]
 
 
@@ -192,8 +201,8 @@ def size_of(flow: Flow, node: gs.Node) -> list[State]:
     if isinstance(state, Value):
         return [Value((1 if state.scalar else len(state.entries),), scalar=True)]
     state = batched_first(flow, node)
-    others = [d for k, d in enumerate(flow.dims_of(node.inputs[0]) or [None]) if k != state.axis]
-    return [Value((None if None in others else Term(state.factor * math.prod(others)),), scalar=True)]
+    others = fully_known([d for k, d in enumerate(flow.dims_of(node.inputs[0]) or [None]) if k != state.axis])
+    return [Value((None if others is None else Term(state.factor * math.prod(others)),), scalar=True)]
 
 
 def gather(flow: Flow, node: gs.Node) -> list[State]:
@@ -202,10 +211,10 @@ def gather(flow: Flow, node: gs.Node) -> list[State]:
     axis = normalized(node.attrs.get("axis", 0), flow.rank(data, node))
     if isinstance(data_state, Value):
         picks = flow.entries(indices, node)
-        entries = data_state.entries
-        if any(not isinstance(i, int) for i in picks):
+        positions = [i for i in picks if isinstance(i, int)]
+        if len(positions) != len(picks):
             return [flow.opaque(node, node.outputs[0])]
-        return [Value(tuple(entries[i] for i in picks), scalar=flow.rank(indices, node) == 0)]
+        return [Value(tuple(data_state.entries[i] for i in positions), scalar=flow.rank(indices, node) == 0)]
     if isinstance(data_state, Batch):
         if axis == data_state.axis:
             return [gather_samples(flow, node, data_state, axis)]
@@ -260,26 +269,30 @@ def split(flow: Flow, node: gs.Node) -> list[State]:
 def slice_rule(flow: Flow, node: gs.Node) -> list[State]:
     data = node.inputs[0]
     state = flow.state(data)
+    given_axes: Sequence[Entry] | None
+    given_steps: Sequence[Entry] | None
     if flow.opset < 10:
         starts, ends = node.attrs["starts"], node.attrs["ends"]
-        axes, steps = node.attrs.get("axes"), None
+        given_axes, given_steps = node.attrs.get("axes"), None
     else:
         starts, ends = (flow.entries(node.inputs[i], node) for i in (1, 2))
         axes_input, steps_input = optional_input(node, 3), optional_input(node, 4)
-        axes = flow.entries(axes_input, node) if axes_input is not None else None
-        steps = flow.entries(steps_input, node) if steps_input is not None else None
-    axes = list(axes) if axes is not None else list(range(len(starts)))
-    steps = list(steps) if steps is not None else [1] * len(starts)
+        given_axes = flow.entries(axes_input, node) if axes_input is not None else None
+        given_steps = flow.entries(steps_input, node) if steps_input is not None else None
+    axes: list[Entry] = list(given_axes) if given_axes is not None else list(range(len(starts)))
+    steps: list[Entry] = list(given_steps) if given_steps is not None else [1] * len(starts)
     if isinstance(state, Value):
-        if axes not in ([0], [-1]) or not all(isinstance(v, int) for v in (starts[0], ends[0], steps[0])):
+        start, end, step = starts[0], ends[0], steps[0]
+        if axes not in ([0], [-1]) or not (isinstance(start, int) and isinstance(end, int)
+                                           and isinstance(step, int)):
             return [flow.opaque(node, node.outputs[0])]
-        return [Value(state.entries[slice(starts[0], min(ends[0], INT64_MAX), steps[0])])]
+        return [Value(state.entries[slice(start, min(end, INT64_MAX), step)])]
     if not isinstance(state, Batch):
         flow.fail(node, "slices batch-independent data to a batch-dependent size")
     rank = flow.rank(data, node)
     new_starts, new_ends = list(starts), list(ends)
     for k, (axis, start, end, step) in enumerate(zip(axes, starts, ends, steps)):
-        if normalized(axis, rank) != state.axis:
+        if normalized(as_int(axis), rank) != state.axis:
             if any(isinstance(v, Term) for v in (start, end, step)):
                 flow.fail(node, "slices another axis to a batch-dependent size")
             continue
@@ -299,8 +312,9 @@ def slice_rule(flow: Flow, node: gs.Node) -> list[State]:
         if new != list(old):
             if flow.opset < 10 or not all(isinstance(v, int) for v in new):
                 flow.fail(node, f"has {what} {list(old)} that bake the export batch and cannot be rewritten")
+            values = [as_int(v) for v in new]
             flow.fix(node, index, f"{what} {list(old)} bake the export batch {flow.batch}; they become the whole "
-                                  "batch axis", lambda b, new=new, what=what: b.ints(f"{node.name}_{what}", new))
+                                  "batch axis", int64_constant(f"{node.name}_{what}", values))
     return [state]
 
 
@@ -316,7 +330,7 @@ def pad(flow: Flow, node: gs.Node) -> list[State]:
     axes_input = optional_input(node, 3)
     axes = list(range(rank))
     if axes_input is not None:
-        axes = [normalized(a, rank) for a in flow.entries(axes_input, node)]
+        axes = [normalized(as_int(a), rank) for a in flow.entries(axes_input, node)]
     if state.axis in axes:
         k = axes.index(state.axis)
         if pads[k] != 0 or pads[k + len(axes)] != 0:
@@ -331,8 +345,8 @@ def resize(flow: Flow, node: gs.Node) -> list[State]:
     scales_index = 1 if node.op == "Upsample" or flow.opset < 11 else 2
     scales = optional_input(node, scales_index)
     if scales is not None:
-        entries = (flow.state(scales).entries if isinstance(flow.state(scales), Value)
-                   else flow.entries(scales, node))
+        scales_state = flow.state(scales)
+        entries = scales_state.entries if isinstance(scales_state, Value) else flow.entries(scales, node)
         if entries and entries[state.axis] not in (1, None):
             flow.fail(node, f"scales the batch axis by {entries[state.axis]}")
     sizes_input = optional_input(node, 3)

@@ -19,6 +19,7 @@ They are plain values, shared by the analysis, its rules and the builder of the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -83,6 +84,18 @@ class Positions:
 
 
 State = Batch | Value | None
+
+
+def as_int(entry: Entry) -> int:
+    """``entry`` as a plain int; N * f or an entry not followed is none (TypeError, as ``int()`` raises)."""
+    if isinstance(entry, Term) or entry is None:
+        raise TypeError(f"{entry!r} is not a known number")
+    return int(entry)
+
+
+def terms_of(entries: Sequence[Entry]) -> list[tuple[int, Term]]:
+    """The entries equal to N * f at runtime, each with its position."""
+    return [(k, entry) for k, entry in enumerate(entries) if isinstance(entry, Term)]
 
 
 def independent(state: State) -> bool:

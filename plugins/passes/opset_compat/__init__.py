@@ -137,9 +137,11 @@ def node_rewrite(graph: gs.Graph, node: gs.Node, source: int, target: int, table
     works. ``inferred``: element types of tensors the model leaves untyped."""
     op, since, wanted = node.op, since_version(node.op, source), since_version(node.op, target)
     name = f"{op}-{since}"
-    if table.converts(op, wanted):
+    if wanted is not None and table.converts(op, wanted):  # (converts() is False for None too)
         if since == wanted:
             return None
+        if since is None:  # the op is newer than the model's opset: there is no schema to step down from
+            raise SurgeonError(f"{describe(node)}: {op} does not exist at the model's opset {source}")
         try:
             steps = step_down(node, since, wanted, inferred)
         except Unfixable as error:

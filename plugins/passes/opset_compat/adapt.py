@@ -285,7 +285,7 @@ def pool_ceil_mode(node: Any, newer: Schema, older: Schema) -> Step | None:
             step.edit(node, build)
 
     return Step(", ".join(filter(None, ["ceil_mode=0 (the windows the ceil adds start in the padding)",
-                                        step and step.what])), floor_mode)
+                                        step.what if step is not None else None])), floor_mode)
 
 
 def reshape_allowzero(node: Any, newer: Schema, older: Schema) -> Step | None:

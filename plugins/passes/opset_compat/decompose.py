@@ -62,7 +62,7 @@ def normalization_settings(node: gs.Node) -> tuple[gs.Tensor, list[int], Any, An
             compute_type(dtype, node.attrs.get("stash_type", 1)), node.attrs.get("epsilon", 1e-5))
 
 
-def layer_normalization(node: gs.Node, since: int, opset: int) -> Edit:
+def layer_normalization(node: gs.Node, since: int | None, opset: int) -> Edit:
     x, axes, dtype, compute, epsilon = normalization_settings(node)
     scale, bias = node.inputs[1], optional_input(node, 2)
 
@@ -80,7 +80,7 @@ def layer_normalization(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def rms_normalization(node: gs.Node, since: int, opset: int) -> Edit:
+def rms_normalization(node: gs.Node, since: int | None, opset: int) -> Edit:
     x, axes, dtype, compute, epsilon = normalization_settings(node)
     scale = node.inputs[1]
 
@@ -93,7 +93,7 @@ def rms_normalization(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def group_normalization(node: gs.Node, since: int, opset: int) -> Edit:
+def group_normalization(node: gs.Node, since: int | None, opset: int) -> Edit:
     """Normalise the [N, groups, -1] view; GroupNormalization-18 scales per group, -21 per channel."""
     x, scale, bias = node.inputs
     groups = node.attrs["num_groups"]
@@ -122,7 +122,7 @@ def group_normalization(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def gelu(node: gs.Node, since: int, opset: int) -> Edit:
+def gelu(node: gs.Node, since: int | None, opset: int) -> Edit:
     x = node.inputs[0]
     approximate = node.attrs.get("approximate", "none")
     if approximate not in ("none", "tanh"):
@@ -155,9 +155,9 @@ def gelu(node: gs.Node, since: int, opset: int) -> Edit:
 Gate = Callable[[Builder, gs.Tensor, str], gs.Tensor]  # (builder, x, base name) -> the gate of x
 
 
-def self_gated(gate: Gate) -> Callable[[gs.Node, int, int], Edit]:
+def self_gated(gate: Gate) -> Callable[[gs.Node, int | None, int], Edit]:
     """The decomposition of an activation ``x * gate(x)``."""
-    def plan(node: gs.Node, since: int, opset: int) -> Edit:
+    def plan(node: gs.Node, since: int | None, opset: int) -> Edit:
         def edit(node: gs.Node, build: Builder) -> None:
             base, x = base_name(node), node.inputs[0]
             (y,) = take_outputs(node)
@@ -178,7 +178,7 @@ def hard_swish_gate(build: Builder, x: gs.Tensor, base: str) -> gs.Tensor:
     return build.op("HardSigmoid", [x], f"{base}/gate", alpha=1 / 6, beta=0.5)
 
 
-def cast_like(node: gs.Node, since: int, opset: int) -> Edit:
+def cast_like(node: gs.Node, since: int | None, opset: int) -> Edit:
     target = known_type(node.inputs[1])
     types_fit(schema("Cast", since_version("Cast", opset)), [element_type(node.inputs[0])], [target])
 
@@ -191,7 +191,7 @@ def cast_like(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def trilu(node: gs.Node, since: int, opset: int) -> Edit:
+def trilu(node: gs.Node, since: int | None, opset: int) -> Edit:
     """Keep the elements with ``column - row >= k`` (upper) or ``<= k`` (lower), zero the others."""
     elem = known_type(node.inputs[0])
     upper = bool(node.attrs.get("upper", 1))
@@ -220,7 +220,7 @@ def trilu(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def upsample(node: gs.Node, since: int, opset: int) -> Edit:
+def upsample(node: gs.Node, since: int | None, opset: int) -> Edit:
     """Upsample-9/10 is Resize with asymmetric coordinates (rounding down for nearest)."""
     mode = node.attrs.get("mode", "nearest")
     if mode not in ("nearest", "linear"):
@@ -239,7 +239,7 @@ def upsample(node: gs.Node, since: int, opset: int) -> Edit:
     return edit
 
 
-def scatter(node: gs.Node, since: int, opset: int) -> Edit:
+def scatter(node: gs.Node, since: int | None, opset: int) -> Edit:
     def edit(node: gs.Node, build: Builder) -> None:
         node.op = "ScatterElements"
 
@@ -249,7 +249,8 @@ def scatter(node: gs.Node, since: int, opset: int) -> Edit:
 @dataclass(frozen=True)
 class Decomposition:
     primitives: tuple[str, ...]
-    plan: Callable[[gs.Node, int, int], Edit]  # (node, its version, the target opset); raises Unfixable
+    # (node, its version: None where the op is newer than the model's opset, the target opset); raises Unfixable
+    plan: Callable[[gs.Node, int | None, int], Edit]
 
 
 NORMALIZATION = ("ReduceMean", "Sub", "Mul", "Add", "Sqrt", "Reciprocal", "Cast")

@@ -169,8 +169,10 @@ def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
 
     if options.dynamo:
         require_dynamo_packages()
-    if options.opset is None:
-        options = dataclasses.replace(options, opset=default_opset(options, ctx.newest_opset_in_reach()))
+    asked_opset = options.opset
+    if asked_opset is None:
+        asked_opset = default_opset(options, ctx.newest_opset_in_reach())
+        options = dataclasses.replace(options, opset=asked_opset)
     model, inputs = build(spec, options)
     if options.weights:
         load_weights(model, options.weights)
@@ -205,9 +207,9 @@ def load(spec: str, options: TorchOptions, ctx: Context) -> onnx.ModelProto:
     })
     log.info("  exported at opset %d with %s batch in %.1fs", opset,
              "a dynamic" if options.dynamic_batch_export else "a fixed", seconds)
-    if opset > options.opset:
+    if opset > asked_opset:
         log.warning("  the dynamo exporter wrote opset %d, not the %d asked for; a pass that lowers opsets "
-                    "(opset_compat) brings such a model within onnx-tf's reach", opset, options.opset)
+                    "(opset_compat) brings such a model within onnx-tf's reach", opset, asked_opset)
     ctx.set_reference(reference(model), "the PyTorch model")
     return exported
 

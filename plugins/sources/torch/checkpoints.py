@@ -101,11 +101,13 @@ def pickle_imports(path: Path) -> list[str]:
             data = b"".join(archive.read(name) for name in archive.namelist() if name.endswith("data.pkl"))
     else:
         data = path.read_bytes()
-    stream, imports, strings = io.BytesIO(data), [], []
+    stream = io.BytesIO(data)
+    imports: list[str] = []
+    strings: list[str] = []
     try:
         while stream.tell() < len(data):  # a legacy torch.save file is several pickles in a row
             for opcode, argument, _ in pickletools.genops(stream):
-                if opcode.name in ("GLOBAL", "INST"):
+                if opcode.name in ("GLOBAL", "INST") and isinstance(argument, str):  # pickletools: "module name"
                     imports.append(argument.replace(" ", "."))
                 elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
                     imports.append(".".join(strings[-2:]))
