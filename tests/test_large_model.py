@@ -149,6 +149,32 @@ def test_a_model_of_2_2_gb_converts_and_verifies(tmp_path):
     assert all(row["ok"] for row in report["parity"])
 
 
+BIG_LINEAR = """
+import torch
+
+
+def build():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4096, 134277, bias=False)  # 2.2 GB of float32 weights
+    with torch.no_grad():
+        layer.weight.mul_(0.01)
+    return layer
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.tf
+def test_a_pytorch_model_of_2_2_gb_is_exported_converted_and_checked_against_pytorch(tmp_path):
+    (tmp_path / "big.py").write_text(BIG_LINEAR)
+    report = surgeon.run(f"{tmp_path / 'big.py'}:build", tmp_path / "out", plugins=["dynamic_batch"],
+                         options={"torch": {"input_shapes": ["1,4096"]}})
+    out = tmp_path / "out"
+    assert report["reference"] == "the PyTorch model"
+    assert (out / "model.onnx.data").stat().st_size > 2**31
+    assert report["variables"]["bytes"] > 2**31
+    assert {row["stage"] for row in report["parity"]} == {"onnx", "saved_model"}
+    assert all(row["ok"] for row in report["parity"])
+
 @pytest.mark.tf
 def test_the_triton_onnx_entry_carries_the_data_file_and_runs(tmp_path, monkeypatch):
     import onnxruntime
