@@ -26,6 +26,8 @@ examples:
   surgeon run model.onnx -o out/ --plugins dynamic_batch,pool_fix,rename_outputs
   surgeon run model.onnx -o out/ --plugins rename_outputs --set rename_outputs.names=logits:result
   surgeon run net.py:build --weights ckpt.pth --input-shape 1,3,224,224 -o out/
+  surgeon run text.py:build --input-shape int64:1,16 --set torch.dynamic_axes=input_ids:1:seq \\
+      --plugins dynamic_batch,opset_compat --axis-sizes seq=8,16,32 -o out/   (token length dynamic too)
   surgeon run --example ct-position -o out/          (the bundled 3D CT classifier)
   surgeon run --config pipeline.toml                 (the same settings, kept in a file)
 
