@@ -48,21 +48,21 @@ def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
                 f"--axis-sizes {name}: no input has a dynamic dimension named {name!r} (named dimensions: {listed})",
                 hint="a fixed axis of an ONNX file stays fixed; export it dynamic, from PyTorch with "
                      f"--set torch.dynamic_axes=INPUT:AXIS:{name}")
-        if named[name] == 0 and static_batch(model) is None:
-            raise SurgeonError(f"--axis-sizes {name}: {name!r} is the batch dimension",
+        if 0 in named[name]:  # the feeds give axis 0 the batch size
+            raise SurgeonError(f"--axis-sizes {name}: {name!r} is on axis 0 of an input, where the batch is",
                                hint="--batch-sizes sets the batch sizes to verify at")
     sizes = [[(name, size) for size in values] for name, values in axis_sizes.items()]
     return [Case(batch, tuple(combination))
             for batch in batch_sizes(model, requested) for combination in itertools.product(*sizes)]
 
 
-def named_dims(model: onnx.ModelProto) -> dict[str, int]:
-    """The symbolic dimensions of the model's inputs that have a name, each with the first axis it is on."""
-    named: dict[str, int] = {}
+def named_dims(model: onnx.ModelProto) -> dict[str, set[int]]:
+    """The symbolic dimensions of the model's inputs that have a name, each with the axes it is on."""
+    named: dict[str, set[int]] = {}
     for value in real_inputs(model):
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.HasField("dim_param") and dim.dim_param:
-                named.setdefault(dim.dim_param, axis)
+                named.setdefault(dim.dim_param, set()).add(axis)
     return named
 
 

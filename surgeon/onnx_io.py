@@ -298,6 +298,14 @@ def _set_entry(tensor: onnx.TensorProto, key: str, value: str) -> None:
     entry.key, entry.value = key, value
 
 
+def _fixed_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes the values of ``tensor`` take, for types of whole bytes (0 for strings and packed types)."""
+    if tensor.data_type in PACKED or tensor.data_type == onnx.TensorProto.STRING:
+        return 0
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return itemsize * int(np.prod(tuple(tensor.dims), dtype=np.int64))
+
+
 def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> None:
     location = _entry(tensor, "location")
     where = f"{path}: external data of tensor {tensor.name!r} at {location!r}"
@@ -308,6 +316,11 @@ def _check_location(path: Path, base: Path, tensor: onnx.TensorProto) -> None:
         raise SurgeonError(f"{where} is refused: it resolves to {target}, outside the model's folder")
     if not target.is_file():
         raise SurgeonError(f"{where}: no such file")
+    offset, length = int(_entry(tensor, "offset") or 0), int(_entry(tensor, "length") or 0) or _fixed_bytes(tensor)
+    size = target.stat().st_size
+    if offset + length > size:
+        raise SurgeonError(f"{where}: the file holds {size} bytes, and the tensor's data would end at byte "
+                           f"{offset + length} (a truncated or wrong data file)")
 
 
 def _names(graph: onnx.GraphProto) -> Iterator[str | bytes]:

@@ -111,17 +111,37 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
             for tensor in each.tensors().values():
                 if isinstance(tensor, gs.Constant) and type(tensor._values) is LazyValues \
                         and tensor.data_location == onnx.TensorProto.EXTERNAL:
-                    tensor._values = OnDisk(tensor._values.tensor)
+                    tensor._values = tensor.on_disk = OnDisk(tensor._values.tensor)
                     tensor.data_location = None  # the tensor keeps its own; new values set by a pass go inline
     return graph
 
 
 class OnDisk(LazyValues):
     """The values of a constant stored as external data, read from its file (onnx-graphsurgeon's own would look
-    for the file in the working folder); exported, like any ``LazyValues``, as the tensor it was imported from."""
+    for the file in the working folder); exported, like any ``LazyValues``, as the tensor it was imported from.
+
+    The values read are read-only (a pass that changes a weight gives the constant new values), and the
+    constant keeps this object: ``back_on_disk`` puts it back where the values were only read, so that reading a
+    weight never moves it into the exported message."""
+
+    def __init__(self, tensor: onnx.TensorProto) -> None:
+        super().__init__(tensor)
+        self.loaded: np.ndarray | None = None
 
     def load(self) -> np.ndarray:
-        return np.array(tensor_array(self.tensor))
+        array = tensor_array(self.tensor)
+        array.flags.writeable = False
+        self.loaded = array
+        return array
+
+
+def back_on_disk(graph: gs.Graph) -> None:
+    """Constants whose external values a pass only read export as the external tensors they were imported as."""
+    for each in (graph, *graph.subgraphs(recursive=True)):
+        for tensor in each.tensors().values():
+            on_disk = getattr(tensor, "on_disk", None)
+            if isinstance(tensor, gs.Constant) and on_disk is not None and tensor._values is on_disk.loaded:
+                tensor._values = on_disk
 
 
 @contextmanager
@@ -161,6 +181,7 @@ def export_and_check(graph: gs.Graph, original: onnx.ModelProto) -> tuple[onnx.M
     """
     try:
         graph.cleanup().toposort()  # toposort raises on a cycle
+        back_on_disk(graph)
         model = gs.export_onnx(graph)
     except Exception as error:
         return None, f"exporting the graph failed: {describe(error)}"

@@ -95,7 +95,9 @@ def test_an_onnx_file_with_a_named_dynamic_axis_is_checked_at_each_size(tmp_path
                          formats=["saved_model", "triton", "tf_serving"])
     assert {(row["stage"], row["sizes"]["seq"]) for row in report["parity"] if row["check"] == "vs reference"} == {
         (stage, length) for stage in ("onnx", "saved_model") for length in (5, 7)}
-    for config in (tmp_path / "out" / "triton").glob("*/config.pbtxt"):  # any length, after the batch
+    configs = sorted((tmp_path / "out" / "triton").glob("*/config.pbtxt"))
+    assert len(configs) == 2  # the SavedModel entry and the ONNX one
+    for config in configs:  # any length, after the batch
         assert 'name: "ids" data_type: TYPE_INT64 dims: [ -1 ]' in config.read_text()
     assert report["tf_serving_warmup"]["batch_sizes"] == [2]
     warmup = next((tmp_path / "out" / "tf_serving").glob("*/1")).joinpath(*WARMUP)

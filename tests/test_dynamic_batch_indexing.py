@@ -261,3 +261,24 @@ def test_a_gather_that_depends_on_the_batch_is_refused_naming_the_node(case: str
     build, message = REFUSED[case]
     with pytest.raises(SurgeonError, match=message):
         apply_pass("dynamic_batch", build(export_batch))
+
+
+@pytest.mark.parametrize("batch", [2, "batch"])
+def test_the_sample_numbers_used_as_data_are_refused(batch: int | str) -> None:
+    """``x + arange(batch)[:, None]``: each sample's output depends on where it sits in the batch, which only a
+    gather of its own rows may use."""
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["count"], axis=0),
+             helper.make_node("Range", ["zero", "count", "one"], ["numbers"]),
+             helper.make_node("Cast", ["numbers"], ["as_float"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["as_float", "axes"], ["column"]),
+             helper.make_node("Add", ["x", "column"], ["y"], name="add_numbers")]
+    graph = helper.make_graph(nodes, "numbers_as_data", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                       [batch, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4])],
+                              [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                               numpy_helper.from_array(np.array(1, np.int64), "one"),
+                               numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(SurgeonError, match="uses the numbers of the samples in the batch as data"):
+        apply_pass("dynamic_batch", model)

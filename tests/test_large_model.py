@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import surgeon
 from surgeon import PluginError, RewritePass, onnx_io
+from surgeon.graph import constant_value
 from surgeon.onnx_io import external_tensors, load_model, tensor_array
 from surgeon.rewrite import import_graph, run_passes
 
@@ -67,6 +68,27 @@ def test_the_graph_round_trip_keeps_weights_on_disk_and_reads_them_when_asked(tm
     np.testing.assert_array_equal(tensor_array(dense), weights["dense"] * 2)
     assert external_tensors(model)[0] is not external_tensors(rewritten)[0]
 
+
+def test_a_pass_that_only_reads_weights_on_disk_leaves_them_there_and_cannot_change_them_in_place(tmp_path):
+    path, weights = conv_model(tmp_path)
+    seen = {}
+
+    def read_every_weight(graph, options):
+        for name in ("kernel", "dense"):
+            seen[name] = constant_value(graph.tensors()[name])
+
+    reader = RewritePass(name="reader", doc="Reads the weights.", run=read_every_weight)
+    rewritten, _ = run_passes(load_model(path), [(reader, reader.options())])
+    for name in ("kernel", "dense"):
+        np.testing.assert_array_equal(seen[name], weights[name])
+    assert sorted(tensor.name for tensor in external_tensors(rewritten)) == ["dense", "kernel"]
+
+    def scale_in_place(graph, options):
+        graph.tensors()["dense"].values *= 2
+
+    in_place = RewritePass(name="in_place", doc="Scales a weight in place.", run=scale_in_place)
+    with pytest.raises(PluginError, match="plugin 'in_place'.*read-only"):
+        run_passes(load_model(path), [(in_place, in_place.options())])
 
 def test_a_pass_that_breaks_a_model_with_weights_on_disk_is_named(tmp_path):
     path, _ = conv_model(tmp_path)

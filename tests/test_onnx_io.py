@@ -124,6 +124,22 @@ def test_missing_external_data_is_named(tmp_path):
         load_model(path)
 
 
+@pytest.mark.parametrize("with_length", [True, False])
+def test_a_truncated_data_file_is_named_at_load(tmp_path, with_length):
+    path = save_with_external_data(tmp_path)
+    if not with_length:  # the data then runs to the end of the file: its size comes from the tensor's shape
+        model = onnx.load(str(path), load_external_data=False)
+        for tensor in model.graph.initializer:
+            del tensor.external_data[:]
+            tensor.external_data.add(key="location", value="weights.bin")
+        onnx.save(model, str(path))
+    data = tmp_path / "weights.bin"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(SurgeonError, match=r"external data of tensor 'w' at 'weights.bin': the file holds 100 "
+                                           r"bytes, and the tensor's data would end at byte \d+ \(a truncated"):
+        load_model(path)
+
+
 def test_an_invalid_graph_is_named(tmp_path):
     graph = helper.make_graph([helper.make_node("Relu", ["missing"], ["y"])], "g", [],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])

@@ -246,7 +246,25 @@ def test_each_left_out_input_is_filled_with_its_default_kept_or_dropped(name, le
         assert empty_inputs(readable) == left_out  # onnx-tf reads both states left out as zeros
     else:
         assert list(node.input) == ["x", "w"]
-    assert empty_inputs(readable) in ([], left_out)
+    assert empty_inputs(readable) == (left_out if "(kept)" in name else [])
+
+
+def test_a_batch_first_lstm_gets_its_left_out_state_batch_first_like_the_state_given():
+    """layout=1: X [batch, seq, input] and the states [batch, num_directions, hidden] (onnxruntime does not run
+    that layout, so the filled state is checked against the one given, which must have the same shape)."""
+    hidden, batch = 5, 3
+    node = helper.make_node("LSTM", ["x", "w", "r", "", "", "", "c0"], ["y"], hidden_size=hidden, layout=1,
+                            name="lstm")
+    graph = helper.make_graph(
+        [node], "batch_first",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 2]),
+         helper.make_tensor_value_info("c0", TensorProto.FLOAT, [batch, 1, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.ones((1, 4 * hidden, 2), np.float32), "w"),
+         numpy_helper.from_array(np.ones((1, 4 * hidden, hidden), np.float32), "r")])
+    readable = readable_by_onnx_tf(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    filled = next(tensor for tensor in readable.graph.initializer if tensor.name == readable.graph.node[0].input[5])
+    assert list(filled.dims) == [batch, 1, hidden] and not numpy_helper.to_array(filled).any()
 
 
 def test_the_loop_keeps_its_left_out_cond_for_the_handler_reads_it_by_position():

@@ -502,5 +502,5 @@ def test_every_batch_size_is_combined_with_every_named_size():
     with pytest.raises(SurgeonError, match=r"--axis-sizes tokens: no input has a dynamic dimension named 'tokens' "
                                            r"\(named dimensions: batch, seq\)"):
         cases(model, None, {"tokens": [8]})
-    with pytest.raises(SurgeonError, match="'batch' is the batch dimension"):
+    with pytest.raises(SurgeonError, match="'batch' is on axis 0 of an input, where the batch is"):
         cases(model, None, {"batch": [2]})

@@ -287,8 +287,8 @@ def recurrent(node: onnx.NodeProto, known: Known) -> None:
         if not left_out_inside(node, index) or not given[other - 5]:
             continue
         x_shape = known.shape(node.input[0])
-        batch_axis = 0 if attribute(node, "layout", 0) == 1 else 1  # X: [seq, batch, input], or batch first
-        batch = x_shape[batch_axis] if x_shape and len(x_shape) == 3 else None
+        batch_first = attribute(node, "layout", 0) == 1  # X [batch, seq, input] and states [batch, dirs, hidden]
+        batch = x_shape[0 if batch_first else 1] if x_shape and len(x_shape) == 3 else None
         if batch is None or hidden is None or dtype is None:
             state, given_state = ("initial_h", "initial_c") if index == 5 else ("initial_c", "initial_h")
             raise PluginError(
@@ -296,7 +296,8 @@ def recurrent(node: onnx.NodeProto, known: Known) -> None:
                 f"states from zeros, and zeros for {state} alone need the batch size, which the model does not fix",
                 hint=f"give the node an {state} (zeros of shape [num_directions, batch, hidden_size])",
                 hazard=Hazard.UNCONVERTIBLE_NODE, nodes=[node.name] if node.name else [])
-        known.fill(node, index, "initial_h" if index == 5 else "initial_c", np.zeros((directions, batch, hidden), dtype))
+        shape = (batch, directions, hidden) if batch_first else (directions, batch, hidden)
+        known.fill(node, index, "initial_h" if index == 5 else "initial_c", np.zeros(shape, dtype))
 
 
 def gru_without_bias(node: onnx.NodeProto) -> bool:

@@ -170,9 +170,20 @@ class Flow:
             outputs: list[State] = [self.opaque(node, t) for t in node.outputs]
         else:
             outputs = rule(self, node)
+        self.check_sample_numbers_index(node)
         for tensor, state in zip(node.outputs, outputs):
             if state is not None:
                 self.states[id(tensor)] = state
+
+    def check_sample_numbers_index(self, node: gs.Node) -> None:
+        """Sample numbers (the sample index and index arithmetic on it, ``positions``) may only become the indices
+        of a Gather (or have their shape read): used as data, the output would depend on where each sample sits in
+        the batch."""
+        numbered = [k for k, tensor in enumerate(node.inputs) if id(tensor) in self.positions]
+        if numbered and node.op not in ("Shape", "Size") and not (node.op == "Gather" and numbered == [1]) \
+                and not any(id(tensor) in self.positions for tensor in node.outputs):
+            self.fail(node, "uses the numbers of the samples in the batch as data; the output would depend on "
+                            "where each sample sits in the batch")
 
     def state(self, tensor: gs.Tensor) -> State:
         return self.states.get(id(tensor))
@@ -262,9 +273,10 @@ class Flow:
                 pending.pop()
                 continue
             node = current.inputs[0] if current.inputs else None
-            missing = [] if node is None else [
+            evaluable = node is not None and self.evaluable(node)  # before reading inputs: a weight stays on disk
+            missing = [] if node is None or not evaluable else [
                 t for t in node.inputs if t.name and self.known(t) is None and id(t) not in self.values]
-            if node is None or not self.evaluable(node) or id(current) in visiting and missing:
+            if node is None or not evaluable or id(current) in visiting and missing:
                 self.values[id(current)] = None
             elif missing:
                 visiting.add(id(current))
@@ -363,8 +375,8 @@ class Flow:
         known = self.types.get(tensor.name, (None, None))[0]
         if known:
             return known
-        if isinstance(tensor, gs.Constant):
-            return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(tensor.values).dtype)
+        if isinstance(tensor, gs.Constant):  # its dtype, without reading its values
+            return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
         if tensor.dtype is not None:
             return onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
         array = self.constant(tensor) if self.state(tensor) is None else None

@@ -211,7 +211,7 @@ def matmul(flow: Flow, node: gs.Node) -> list[State]:
         state, r = flow.state(tensor), ranks[side]
         if r > 2:
             aligned[side] = stacked - (r - 2)
-        if state is None or independent(state):  # (independent() is True for None too)
+        if state is None or independent(state):  # None narrows the type; independent() is True for it too
             continue
         if isinstance(state, Value) or r == 1:
             flow.fail(node, f"contracts over the batch axis of {tensor.name!r}; samples would mix")

@@ -87,7 +87,7 @@ State = Batch | Value | None
 
 
 def as_int(entry: Entry) -> int:
-    """``entry`` as a plain int; N * f or an entry not followed is none (TypeError, as ``int()`` raises)."""
+    """``entry`` as a plain int; TypeError, as ``int()`` raises, for N * f or an entry the walk did not follow."""
     if isinstance(entry, Term) or entry is None:
         raise TypeError(f"{entry!r} is not a known number")
     return int(entry)

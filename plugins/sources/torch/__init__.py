@@ -482,13 +482,18 @@ def name_dynamic_axes(model: onnx.ModelProto, axes: dict[tuple[str, int], str]) 
     graph = model.graph
     inputs = {value.name: value for value in graph.input}
     wanted = {**({(graph.input[0].name, 0): BATCH_AXIS} if graph.input else {}), **axes}
-    renames = {}
+    renames: dict[str, str] = {}
     for (input_name, axis), name in wanted.items():
         dims = inputs[input_name].type.tensor_type.shape.dim if input_name in inputs else []
         if axis >= len(dims):
             continue
-        if dims[axis].dim_param:
-            renames[dims[axis].dim_param] = name
+        symbol = dims[axis].dim_param
+        if symbol and renames.get(symbol, name) != name:
+            raise SurgeonError(f"option torch.dynamic_axes: the exporter made {renames[symbol]!r} and {name!r} one "
+                               f"dimension ({symbol}): the model requires them to be equal",
+                               hint="give them one name")
+        if symbol:
+            renames[symbol] = name
         elif (input_name, axis) in axes:
             raise SurgeonError(f"option torch.dynamic_axes: the exporter fixed axis {axis} of input {input_name!r} "
                                f"at {dims[axis].dim_value}: the model computes with that size as a constant",
