@@ -148,7 +148,7 @@ def run_recipe(name: str) -> tuple[str, float]:
 
 def sequence_flags(name: str) -> list[str]:
     """The flags that export the text model ``name`` with its sequence axes dynamic and verify them at LENGTHS."""
-    axes = ",".join(f"{entry}:seq" for entry in zoo.SEQUENCE_AXES[name].split(","))
+    axes = ",".join(zoo.dynamic_sequence(name))
     return ["--set", f"torch.dynamic_axes={axes}", "--axis-sizes", f"seq={','.join(map(str, LENGTHS))}"]
 
 

@@ -144,9 +144,9 @@ def main() -> None:
         started = time.perf_counter()
         source = write_model(work / "source", args.gb * 1e9)
         generated = time.perf_counter() - started
-        out = work / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        command = [sys.executable, "-m", "surgeon", "run", str(source), "-o", str(out), "--plugins", "dynamic_batch"]
+        out = work / "out"  # --force replaces a previous run's output there, and refuses any other folder
+        command = [sys.executable, "-m", "surgeon", "run", str(source), "-o", str(out), "--plugins", "dynamic_batch",
+                   "--force"]
         print("running:", " ".join(command[1:]), flush=True)
         figures = measure(command)
         report = json.loads((out / "report.json").read_text())

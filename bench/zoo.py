@@ -694,6 +694,11 @@ SEQUENCE_AXES = {"text_lstm": "tokens:1"} | {name: "input_ids:1,attention_mask:1
                                               for name in ("bert", "hf_bert", "hf_gpt2", "hf_distilbert")}
 
 
+def dynamic_sequence(name: str) -> list[str]:
+    """The text model ``name``'s sequence axes as ``torch.dynamic_axes`` takes them, named ``seq``."""
+    return [f"{entry}:seq" for entry in SEQUENCE_AXES[name].split(",")]
+
+
 def build(name: str) -> nn.Module:
     """The model called ``name`` (a key of FACTORIES): ``surgeon run bench/zoo.py:build --set torch.kwargs=...``."""
     torch.manual_seed(0)

@@ -48,11 +48,10 @@ def test_architecture_serves(name: str, tmp_path: Path) -> None:
 @pytest.mark.tf
 @pytest.mark.parametrize("name", sorted(SEQUENCE_AXES))
 def test_text_model_serves_every_sequence_length_from_one_saved_model(name: str, tmp_path: Path) -> None:
-    axes = [f"{entry}:seq" for entry in SEQUENCE_AXES[name].split(",")]
     report = surgeon.run(f"{ZOO}:build", tmp_path / "out", plugins=PLUGINS, batch_sizes=[1, 3, 8],
                          axis_sizes={"seq": [8, 16, 32]},
                          options={"torch": {"kwargs": {"name": name}, "input_shapes": SHAPES[name],
-                                            "dynamic_axes": axes}})
+                                            "dynamic_axes": ZOO_MODULE.dynamic_sequence(name)}})
     assert all(row["ok"] for row in report["parity"]), [row for row in report["parity"] if not row["ok"]]
     served = {(row["batch"], row["sizes"]["seq"]) for row in report["parity"] if row["stage"] == "saved_model"}
     assert served == {(batch, length) for batch in (1, 3, 8) for length in (8, 16, 32)}

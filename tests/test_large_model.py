@@ -221,3 +221,21 @@ def test_a_frozen_graph_too_large_for_one_message_is_refused_before_tensorflow(t
                                           r"protobuf message, which cannot exceed 2 GiB; this model takes 0.00 GiB"):
         surgeon.run(path, tmp_path / "out", formats=["frozen_pb"])
     assert not (tmp_path / "out").exists()
+
+
+def test_the_bench_never_removes_a_folder_of_the_users_in_its_work_folder(tmp_path):
+    """bench/large_model.py --work DIR writes DIR/out through surgeon's --force, which replaces only a previous
+    surgeon output: a folder of the user's there is refused, byte for byte as it was, and no result is written."""
+    import subprocess
+    import sys
+
+    results = BENCH.parent / "results" / "large_model.md"
+    before = results.read_bytes()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    finished = subprocess.run([sys.executable, str(BENCH), "--gb", "0.0001", "--work", str(tmp_path)],
+                              capture_output=True, text=True, timeout=300)
+    assert finished.returncode != 0
+    assert "--force will not replace" in finished.stderr + finished.stdout
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    assert results.read_bytes() == before
