@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
+    from surgeon.feeds import Case
+
 Reference = Callable[[list["np.ndarray"]], list["np.ndarray"]]
 """The original model as a function: input arrays in the source's input order -> output arrays."""
 
@@ -84,6 +86,12 @@ class Context(Protocol):
     def set_reference(self, reference: Reference, what: str) -> None:
         """For a source that can run the original model: verification compares against it. ``what`` names it in
         the report (``the PyTorch model``)."""
+        ...
+
+    def cases(self) -> Sequence[Case]:
+        """What verification feeds the model: each batch size with each size of the named dimensions (what
+        ``--batch-sizes`` and ``--axis-sizes`` ask for, else the defaults). Feeds made from them
+        (``surgeon.feeds.case_feed``) are the inputs verification checked; warm-up requests carry the same."""
         ...
 
     def newest_opset_in_reach(self) -> int | None:

@@ -22,7 +22,8 @@ Feed = list[np.ndarray]  # one array per model input, in the model's input order
 @dataclass(frozen=True)
 class Case:
     """What one verification feed is made of: a batch size, and the size of each named dimension of the inputs
-    that was asked for (``--axis-sizes seq=8,16``); other symbolic dimensions get ``SYMBOLIC_DIM_SIZE``."""
+    that was asked for (``--axis-sizes seq=8,16``) or that the source model fixes (:func:`cases`); other symbolic
+    dimensions get ``SYMBOLIC_DIM_SIZE``."""
 
     batch: int
     sizes: tuple[tuple[str, int], ...] = ()
@@ -37,8 +38,11 @@ class Case:
 
 
 def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
-          axis_sizes: Mapping[str, Sequence[int]] | None = None) -> list[Case]:
-    """Every combination of the batch sizes (``batch_sizes``) and the sizes asked for each named dimension."""
+          axis_sizes: Mapping[str, Sequence[int]] | None = None, fixed: Mapping[str, int] | None = None) -> list[Case]:
+    """Every combination of the batch sizes (``batch_sizes``) and the sizes of each named dimension: those asked
+    for, and for a dimension the source model fixes (``fixed``: its size there, from :func:`fixed_sizes`) that
+    none were asked for, half that size and that size, so that the export's length and a shorter one are both
+    checked."""
     axis_sizes = axis_sizes or {}
     named = named_dims(model)
     for name in axis_sizes:
@@ -46,14 +50,54 @@ def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
             listed = ", ".join(sorted(named)) or "none"
             raise SurgeonError(
                 f"--axis-sizes {name}: no input has a dynamic dimension named {name!r} (named dimensions: {listed})",
-                hint="a fixed axis of an ONNX file stays fixed; export it dynamic, from PyTorch with "
-                     f"--set torch.dynamic_axes=INPUT:AXIS:{name}")
+                hint=f"make a fixed axis dynamic with --plugins dynamic_axes --set dynamic_axes.axes=INPUT:AXIS:{name} "
+                     f"(or, from PyTorch, export it dynamic with --set torch.dynamic_axes=INPUT:AXIS:{name})")
         if 0 in named[name]:  # the feeds give axis 0 the batch size
             raise SurgeonError(f"--axis-sizes {name}: {name!r} is on axis 0 of an input, where the batch is",
                                hint="--batch-sizes sets the batch sizes to verify at")
-    sizes = [[(name, size) for size in values] for name, values in axis_sizes.items()]
+    defaults = {name: sizes_checked_by_default(size) for name, size in (fixed or {}).items() if name not in axis_sizes}
+    sizes = [[(name, size) for size in values] for name, values in {**axis_sizes, **defaults}.items()]
     return [Case(batch, tuple(combination))
             for batch in batch_sizes(model, requested) for combination in itertools.product(*sizes)]
+
+
+def sizes_checked_by_default(fixed: int) -> list[int]:
+    """The sizes a named dimension that the source model fixes at ``fixed`` is checked at: half, and all of it."""
+    return sorted({max(fixed // 2, 1), fixed})
+
+
+@dataclass(frozen=True)
+class FixedAxis:
+    """An axis after the batch that the source model fixes at ``size`` and the rewritten model names ``name``:
+    axis ``axis`` of real input ``input`` (an index into the inputs, in the same order in both models)."""
+
+    input: int
+    axis: int
+    name: str
+    size: int
+
+
+def fixed_axes(source: onnx.ModelProto, rewritten: onnx.ModelProto) -> list[FixedAxis]:
+    """The axes a rewrite made dynamic under a name (``seq``) where the ``source`` model fixes a size; the batch
+    (axis 0) is not one of them."""
+    found = []
+    for index, (before, after) in enumerate(zip(real_inputs(source), real_inputs(rewritten))):
+        dims = zip(before.type.tensor_type.shape.dim, after.type.tensor_type.shape.dim)
+        for axis, (fixed, named) in enumerate(dims):
+            if axis > 0 and fixed.HasField("dim_value") and named.HasField("dim_param") and named.dim_param:
+                found.append(FixedAxis(index, axis, named.dim_param, fixed.dim_value))
+    return found
+
+
+def fixed_sizes(source: onnx.ModelProto, rewritten: onnx.ModelProto) -> dict[str, int]:
+    """The name of each of the :func:`fixed_axes`, with the size the source model fixes it at."""
+    sizes: dict[str, int] = {}
+    for axis in fixed_axes(source, rewritten):
+        if sizes.setdefault(axis.name, axis.size) != axis.size:
+            raise SurgeonError(f"the rewritten model names axes of its inputs {axis.name!r} that the source model "
+                               f"fixes at {sizes[axis.name]} and at {axis.size}: one name, one length",
+                               hint="give axes of different lengths different names")
+    return sizes
 
 
 def named_dims(model: onnx.ModelProto) -> dict[str, set[int]]:

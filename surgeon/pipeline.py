@@ -23,7 +23,7 @@ import onnx
 from surgeon import device, options, output, stack
 from surgeon.context import Reference
 from surgeon.discovery import Registry, discover
-from surgeon.feeds import case_feed, cases, static_batch
+from surgeon.feeds import Case, case_feed, cases, fixed_sizes, static_batch
 from surgeon.errors import PluginError, SurgeonError, UsageError, blamed_on
 from surgeon.plugin import Converter, Hazard, RewritePass, Source, Writer
 from surgeon.onnx_io import oversized_tensor
@@ -179,6 +179,9 @@ class RunContext:
     def set_reference(self, reference: Reference, what: str) -> None:
         self.reference = (reference, what)
 
+    def cases(self) -> list[Case]:
+        return verified_cases(self)
+
     def newest_opset_in_reach(self) -> int | None:
         reaches = [rewrite.newest_opset for rewrite, _ in self.plan.passes if rewrite.newest_opset is not None]
         return max(reaches, default=None)
@@ -304,7 +307,7 @@ def run(config: RunConfig) -> dict[str, Any]:
             raise SurgeonError(f"{config.source}: {oversized}, over the budget of {config.max_tensor_gib:g} GiB",
                                hint="raise it with --max-tensor-gib if the machine really has the memory")
         if config.verify or config.axis_sizes:
-            cases(ctx.model, config.batch_sizes, config.axis_sizes)  # sizes the model cannot take: before writing
+            verified_cases(ctx)  # sizes the model or the reference cannot take: refused before writing
         for writer, writer_options in plan.writers:
             with stage(report, f"write_{writer.name}", f"writing {writer.name}"):
                 with blamed_on(writer.name, "writing"):
@@ -330,10 +333,8 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
     """Compare every stage of the run with its reference (``surgeon.verify``); return the parity table, or raise
     on a divergence with a hint naming the passes that fix a fixed batch."""
     model, config, plan = ctx.model, ctx.config, ctx.plan
-    if ctx.source_model is None:
-        raise SurgeonError("verification runs once the source is loaded")
-    feeds = {case: case_feed(model, case) for case in cases(model, config.batch_sizes, config.axis_sizes)}
-    run, what = verify.reference_runner(ctx.source_model, model, ctx.reference, plan.passes)
+    feeds = {case: case_feed(model, case) for case in verified_cases(ctx)}
+    run, what = verify.reference_runner(loaded_source(ctx), model, ctx.reference, plan.passes)
     ctx.record("reference", what)
     table = verify.compare_stages(verify.stage_runners(model, ctx.served_models),
                                   verify.reference_outputs(run, what, feeds), feeds,
@@ -346,6 +347,23 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
         batch_fixers_run=[p.name for p, _ in plan.passes if Hazard.FIXED_BATCH in p.fixes],
         batch_fixers_left_out=[p.name for p in plan.idle_passes if Hazard.FIXED_BATCH in p.fixes])
     return table
+
+
+def verified_cases(ctx: RunContext) -> list[Case]:
+    """The cases verification runs (``surgeon.feeds.cases``), a named dimension that the source model fixes
+    included (at half its size and all of it, unless ``--axis-sizes`` says otherwise). When the reference is
+    onnxruntime on the source model, a size longer than the source fixes is refused: nothing computes it."""
+    fixed = fixed_sizes(loaded_source(ctx), ctx.model)
+    if ctx.config.verify and ctx.reference is None:
+        verify.refuse_longer_than_fixed(ctx.axis_sizes, fixed)
+    return cases(ctx.model, ctx.batch_sizes, ctx.axis_sizes, fixed)
+
+
+def loaded_source(ctx: RunContext) -> onnx.ModelProto:
+    """The source model; verification needs it loaded."""
+    if ctx.source_model is None:
+        raise SurgeonError("verification runs once the source is loaded")
+    return ctx.source_model
 
 
 def write_report(folder: Path, report: dict[str, Any]) -> None:

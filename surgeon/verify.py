@@ -12,6 +12,19 @@ batch. Per sample, sample i of a batched run must also equal the run of
 sample i alone: a model that mixes samples across the batch fails even when
 batch 1 matches. A stage that fails to run fails the check.
 
+The padded reference: a rewrite may make a fixed axis of an ONNX file
+dynamic under a name (``input_ids`` [1, 16] -> [batch, seq]), and
+onnxruntime on the source model runs only at the fixed length L (16). A
+request of length S <= L is then checked against what the source model
+gives for the same request padded at the end with zeros to L, on the first
+S positions of every output axis the rewritten model declares as that name
+(``seq``). A zero attention mask makes the padding inert, and in a causal
+model later positions never change earlier ones; a model where padding is
+not inert fails the check, as it should. Lengths over L cannot be checked
+there and are refused before anything is written; PyTorch, when it is the
+reference, runs at any length and is fed unpadded. Unless ``--axis-sizes``
+says otherwise, such a name is checked at L // 2 and at L.
+
 The criterion: a float value passes when
 
     |actual - expected| <= atol + rtol * scale
@@ -61,7 +74,7 @@ import numpy as np
 import onnx
 
 from surgeon.errors import SurgeonError, describe
-from surgeon.feeds import Case, Feed, static_batch
+from surgeon.feeds import Case, Feed, FixedAxis, fixed_axes, fixed_sizes, static_batch
 from surgeon.onnx_io import real_inputs
 
 if TYPE_CHECKING:
@@ -197,11 +210,14 @@ def fresh_process(path: Path, model: onnx.ModelProto) -> Stage:
 
 def reference_outputs(run: Runner, what: str, feeds: Mapping[Case, Feed]) -> dict[Case, Outputs]:
     """What the reference (``what``, in words) computes for each feed, by case; a reference that cannot run is
-    the source's problem, not a stage's: no stage is checked then."""
+    the source's problem, not a stage's: no stage is checked then. A ``SurgeonError`` of the reference says in
+    its own words why, and passes unchanged."""
     expected = {}
     for case, feed in feeds.items():
         try:
             expected[case] = run([feed])[0]
+        except SurgeonError:
+            raise
         except Exception as error:
             raise SurgeonError(f"verification: the reference ({what}) cannot run at {case.describe()}: "
                                f"{describe(error)}", hint="--batch-sizes and --axis-sizes pick others; "
@@ -222,6 +238,10 @@ def reference_runner(source: onnx.ModelProto, rewritten: onnx.ModelProto, refere
     that changed what the model takes (in the order they ran), last first. A source model with a fixed batch B
     (exported at B, made dynamic by a rewrite) runs each sample repeated B
     times, keeping the first result: what it computes for that sample alone.
+    An axis the source model fixes and the rewritten model names (``seq``)
+    is padded with zeros to the fixed length, and the outputs cut back along
+    the axes declared with that name (the module docstring: the padded
+    reference).
     """
     undo = [(rewrite.original_inputs, options) for rewrite, options in reversed(reshapers) if rewrite.original_inputs]
 
@@ -240,6 +260,7 @@ def reference_runner(source: onnx.ModelProto, rewritten: onnx.ModelProto, refere
                     describe(error))
         return onnxruntime_runner(rewritten), "onnxruntime on the rewritten model (the source does not run there)"
     fixed = static_batch(source)
+    padded_axes, fixed_lengths = fixed_axes(source, rewritten), fixed_sizes(source, rewritten)
 
     def by_sample(feed: Feed) -> Outputs:
         if fixed is None or not feed or feed[0].ndim == 0 or fixed == len(feed[0]):
@@ -247,7 +268,71 @@ def reference_runner(source: onnx.ModelProto, rewritten: onnx.ModelProto, refere
         samples = [run([[np.repeat(array[i : i + 1], fixed, axis=0) for array in feed]])[0] for i in range(len(feed[0]))]
         return [np.concatenate([outputs[index][:1] for outputs in samples]) for index in range(len(samples[0]))]
 
-    return lambda feeds: [by_sample(source_feed(feed)) for feed in feeds], "onnxruntime on the source model"
+    def at_fed_lengths(feed: Feed) -> Outputs:
+        fed = {axis.name: feed[axis.input].shape[axis.axis] for axis in padded_axes}
+        return cut_to_lengths(by_sample(zero_padded(source_feed(feed), padded_axes)), rewritten, fed, fixed_lengths)
+
+    what = "onnxruntime on the source model"
+    if fixed_lengths:
+        what += ", inputs padded with zeros to its fixed " + ", ".join(
+            f"{name} {size}" for name, size in fixed_lengths.items())
+    return lambda feeds: [at_fed_lengths(feed) for feed in feeds], what
+
+
+def zero_padded(feed: Feed, axes: Sequence[FixedAxis]) -> Feed:
+    """``feed`` with zeros of each input's dtype appended along each of ``axes``, up to the size the source model
+    fixes there."""
+    padded = list(feed)
+    for axis in axes:
+        array = padded[axis.input]
+        missing = axis.size - array.shape[axis.axis]
+        if missing < 0:
+            raise longer_than_fixed(axis.name, array.shape[axis.axis], axis.size)
+        widths = [(0, 0)] * array.ndim
+        widths[axis.axis] = (0, missing)
+        padded[axis.input] = np.pad(array, widths)
+    return padded
+
+
+def refuse_longer_than_fixed(axis_sizes: Mapping[str, Sequence[int]], fixed: Mapping[str, int]) -> None:
+    """Refuse a size asked for a named dimension longer than the source model fixes it at (``fixed``, by name):
+    onnxruntime on the source model runs only at that size, and checks shorter ones padded to it."""
+    for name, sizes in axis_sizes.items():
+        longer = [size for size in sizes if name in fixed and size > fixed[name]]
+        if longer:
+            raise longer_than_fixed(name, longer[0], fixed[name])
+
+
+def longer_than_fixed(name: str, size: int, fixed: int) -> SurgeonError:
+    """The error for a ``size`` of ``name`` that the padded reference cannot check: the source fixes it at
+    ``fixed``."""
+    return SurgeonError(
+        f"--axis-sizes {name}={size}: the ONNX file fixes {name} at {fixed}, and nothing computes the original at a "
+        f"longer length (each length is checked against the original given the input padded with zeros to {fixed})",
+        hint=f"ask for lengths up to {fixed}, or export from PyTorch with --set torch.dynamic_axes=INPUT:AXIS:{name} "
+             "to check any length")
+
+
+def cut_to_lengths(outputs: Outputs, model: onnx.ModelProto, fed: Mapping[str, int],
+                   fixed: Mapping[str, int]) -> Outputs:
+    """``outputs`` of the source model run at the ``fixed`` sizes, cut to the ``fed`` size of each name along every
+    axis ``model`` declares with that name; an output of another size there cannot be cut, and is refused."""
+    cut = []
+    for value, output in zip(model.graph.output, outputs):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            name = dim.dim_param
+            if name not in fed:
+                continue
+            if axis >= output.ndim or output.shape[axis] != fixed[name]:
+                raise SurgeonError(
+                    f"verification: output {value.name!r} of the rewritten model declares axis {axis} as {name}, "
+                    f"but the source model, run at its fixed {name} {fixed[name]}, gives it shape "
+                    f"{list(output.shape)}: the output cannot be cut to the {name} fed",
+                    hint=f"the rewrite names an output axis {name} that does not follow the inputs' {name}; "
+                         "--no-verify skips the check")
+            output = output[(slice(None),) * axis + (slice(0, fed[name]),)]
+        cut.append(output)
+    return cut
 
 
 def onnxruntime_runner(model: onnx.ModelProto, optimized: bool = True) -> Runner:
@@ -261,7 +346,7 @@ def onnxruntime_runner(model: onnx.ModelProto, optimized: bool = True) -> Runner
     from surgeon.onnx_io import data_folder, stripped
 
     options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a failing run is reported once, in the parity table
     if not optimized:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     folder = data_folder(model)

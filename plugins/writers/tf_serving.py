@@ -47,7 +47,7 @@ from surgeon.onnx_io import real_inputs
 from surgeon.output import link_tree
 from surgeon.publish import default_name
 from surgeon.saved_model_info import read_meta_graph, signatures
-from surgeon.feeds import case_feed, cases
+from surgeon.feeds import case_feed
 
 log = logging.getLogger("surgeon")
 
@@ -89,7 +89,7 @@ def write(ctx, options: TfServingOptions, out_dir: Path) -> None:
     folder.parent.mkdir(parents=True)
     link_tree(ctx.saved_model(), folder)
     if options.warmup:
-        checked = cases(ctx.model, ctx.batch_sizes, ctx.axis_sizes)
+        checked = ctx.cases()
         keys = signature_input_keys([value.name for value in real_inputs(ctx.model)],
                                     [value.name for value in ctx.model.graph.output])
         write_warmup(folder / WARMUP_FILE, name, list(keys.values()), [case_feed(ctx.model, case) for case in checked])

@@ -76,7 +76,16 @@ def is_static(dim: Any) -> bool:
 
 def analyse(graph: gs.Graph, options: DynamicBatchOptions) -> tuple[list[gs.Variable], int | None, Flow]:
     inputs, export_batch = batched_inputs(graph, options)
-    return inputs, export_batch, follow(graph, inputs, options.axis, export_batch, RULES)
+    try:
+        return inputs, export_batch, follow(graph, inputs, options.axis, export_batch, RULES)
+    except SurgeonError as error:
+        dynamic = [f"{t.name!r} axis {k} ({dim})" for t in inputs for k, dim in enumerate(t.shape or [])
+                   if k != options.axis and not is_static(dim)]
+        if export_batch is None or not dynamic or error.hint:
+            raise
+        raise SurgeonError(str(error), hint=f"the batch is fixed beside the dynamic {', '.join(dynamic)}, which "
+                           "dynamic_batch does not follow: run it before dynamic_axes (--plugins "
+                           "dynamic_batch,dynamic_axes,...), or export the batch dynamic too") from error
 
 
 def shape_updates(graph: gs.Graph, flow: Flow, name: str) -> list[tuple[gs.Variable, list]]:

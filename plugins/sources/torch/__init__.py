@@ -44,6 +44,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from surgeon import Source, SurgeonError, UsageError, hookimpl
+from surgeon.axes import BATCH_AXIS, DynamicAxis, parse_dynamic_axis
 from surgeon.errors import describe
 
 if TYPE_CHECKING:
@@ -67,37 +68,12 @@ DYNAMO_PACKAGES = {"onnxscript": "onnxscript", "onnx_ir": "onnx-ir"}
 EXAMPLE_PREFIX = "example:"
 MODULE_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
-BATCH_AXIS = "batch"
 
 
 @dataclass(frozen=True)
 class InputSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class DynamicAxis:
-    """Axis ``axis`` of the input called ``input`` is exported dynamic, as the dimension ``name``."""
-
-    input: str
-    axis: int
-    name: str
-
-
-def parse_dynamic_axis(text: str) -> DynamicAxis:
-    """``"input_ids:1:seq"`` -> DynamicAxis("input_ids", 1, "seq") (an input name may hold colons itself)."""
-    rest, _, name = text.rpartition(":")
-    input_name, _, axis = rest.rpartition(":")
-    if not input_name or not axis.strip().isdigit() or not name.strip():
-        raise ValueError(f"dynamic axis {text!r}: expected INPUT:AXIS:NAME, such as input_ids:1:seq")
-    dynamic = DynamicAxis(input_name, int(axis), name.strip())
-    if dynamic.axis == 0:
-        raise ValueError(f"dynamic axis {text!r}: axis 0 is the batch, which dynamic_batch (or "
-                         "torch.dynamic_batch_export) makes dynamic")
-    if not dynamic.name.isidentifier() or dynamic.name == BATCH_AXIS:
-        raise ValueError(f"dynamic axis {text!r}: the name must be a word such as seq, and not {BATCH_AXIS!r}")
-    return dynamic
 
 
 def parse_input_shape(text: str) -> InputSpec:
