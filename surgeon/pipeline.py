@@ -345,7 +345,8 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
     verify.raise_on_divergence(
         table, config.atol, config.rtol,
         batch_fixers_run=[p.name for p, _ in plan.passes if Hazard.FIXED_BATCH in p.fixes],
-        batch_fixers_left_out=[p.name for p in plan.idle_passes if Hazard.FIXED_BATCH in p.fixes])
+        batch_fixers_left_out=[p.name for p in plan.idle_passes if Hazard.FIXED_BATCH in p.fixes],
+        padded=fixed_sizes(loaded_source(ctx), model) if ctx.reference is None else None)
     return table
 
 

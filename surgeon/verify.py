@@ -127,8 +127,9 @@ def compare_stages(stages: Mapping[str, Stage], expected: Mapping[Case, Outputs]
 
 
 def raise_on_divergence(table: list[dict[str, Any]], atol: float, rtol: float, batch_fixers_run: Sequence[str],
-                        batch_fixers_left_out: Sequence[str]) -> None:
-    """Raise for the first failing row of the table, with what to try (:func:`failure_hint`)."""
+                        batch_fixers_left_out: Sequence[str], padded: Mapping[str, int] | None = None) -> None:
+    """Raise for the first failing row of the table, with what to try (:func:`failure_hint`); ``padded``: the
+    named sizes the reference ran padded to (the padded reference)."""
     failed = [row for row in table if not row["ok"]]
     if not failed:
         return
@@ -141,20 +142,27 @@ def raise_on_divergence(table: list[dict[str, Any]], atol: float, rtol: float, b
         message = (f"verification failed: {where} differs from {than} by up to {first['max_abs']:.3g}, "
                    f"{first['max_scaled']:.3g} of its sample's largest value (allowed: atol {atol} + rtol {rtol} "
                    "times that value)")
-    raise SurgeonError(message, hint=failure_hint(table, first, batch_fixers_run, batch_fixers_left_out))
+    raise SurgeonError(message, hint=failure_hint(table, first, batch_fixers_run, batch_fixers_left_out, padded))
 
 
 def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], batch_fixers_run: Sequence[str],
-                 batch_fixers_left_out: Sequence[str]) -> str:
-    """What to try, from the rows that passed: a batch baked into the model only when batch 1 passes, the samples
-    of the failing batch are mixed (or not checked), and no pass that fixes a fixed batch ran (the installed ones
-    left out of the run are named; ``batch_fixers_run``: those that ran)."""
+                 batch_fixers_left_out: Sequence[str], padded: Mapping[str, int] | None = None) -> str:
+    """What to try, from the rows that passed: a size baked into the model only when other sizes pass (or, with a
+    reference padded to the sizes ``padded``, a model that padding changes), a batch baked in only when batch 1
+    passes, the samples of the failing batch are mixed (or not checked), and no pass that fixes a fixed batch ran
+    (the installed ones left out of the run are named; ``batch_fixers_run``: those that ran)."""
     hint = "nothing was written; --no-verify skips this check"
     same_stage = [row for row in table if row["stage"] == first["stage"]]
     failed_at = case_of(first)
     other_sizes = [row for row in same_stage if row["batch"] == failed_at.batch and case_of(row) != failed_at]
     if failed_at.sizes and other_sizes and all(row["ok"] for row in other_sizes):
         passing = ", ".join(dict.fromkeys(case_of(row).describe() for row in other_sizes))
+        padding = [f"{name} {padded[name]}" for name, _ in failed_at.sizes if padded and name in padded]
+        if padding:
+            return (f"it passes at {passing}; a shorter length is checked against the original given the input "
+                    f"padded with zeros to {', '.join(padding)}, and this model's result changes with that padding "
+                    "(an LSTM's last state, tokens averaged without a mask): export it from PyTorch with "
+                    f"--set torch.dynamic_axes to check against PyTorch instead (docs/dynamic_axes.md); {hint}")
         return (f"it passes at {passing}: the export likely baked a size of a named dimension into the model "
                 f"(docs/dynamic_axes.md); {hint}")
     at_one = [row for row in same_stage if case_of(row) == Case(1, failed_at.sizes)]

@@ -86,3 +86,37 @@ def test_sequence_axes_are_the_text_models_sequence_axes(name: str) -> None:
     exported, shorter = outputs(specs[parameters[0]].shape[1]), outputs(8)
     assert shorter.shape == (exported.shape[:1] + (8,) + exported.shape[2:] if exported.dim() == 3
                              else exported.shape)
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("architectures", ZOO.with_name("architectures.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_onnx_file_section_is_spliced_into_the_results_leaving_the_rest() -> None:
+    """``architectures.py --onnx-sequence-only`` replaces its own section of the results file, or adds it at the
+    end, and leaves every other line as it was."""
+    bench = bench_module()
+    section = bench.onnx_sequence_section([("bert", "ok at 9 batch x seq", 8.0), ("text_lstm", "fails: a | b", 9.0)],
+                                          "TensorFlow 2.21.0")
+    assert section[0] == bench.ONNX_SEQUENCE_TITLE and "**1 of 2** serve." in section[2]
+    assert section[-1] == "| text_lstm | fails: a / b (9 s) |"
+    before = "# Architectures\n\n| a |\n\n## Text models with a dynamic sequence\n\n| b |\n"
+    added = bench.spliced(before, section)
+    assert added == before + "\n" + "\n".join(section) + "\n"
+    newer = [bench.ONNX_SEQUENCE_TITLE, "", "newer"]
+    assert bench.spliced(added, newer) == before + "\n" + "\n".join(newer) + "\n"  # replaced, at the end
+    later = "\n## Later\n\nkept\n"
+    assert bench.spliced(added + later, newer) == before + "\n" + "\n".join(newer) + "\n" + later  # in the middle
+
+
+@pytest.mark.parametrize("name", sorted(SEQUENCE_AXES))
+def test_an_onnx_file_is_checked_only_at_lengths_up_to_its_export_length(name: str) -> None:
+    bench = bench_module()
+    lengths = bench.onnx_sequence_lengths(name)
+    names, axes = bench.sequence_inputs(name)
+    assert [f"{input_name}:{axis}:seq" for input_name, axis in axes.items()] == ZOO_MODULE.dynamic_sequence(name)
+    assert lengths[-1] == bench.export_length(name) == parse_input_shape(SHAPES[name][0]).shape[1]
+    assert len(lengths) == 3 and lengths == sorted(set(lengths))

@@ -113,6 +113,7 @@ def test_a_fixed_axis_of_an_onnx_file_is_refused_before_conversion_with_what_to_
     code, err = cli_in_process("run", tmp_path / "text.onnx", "-o", tmp_path / "out", "--axis-sizes", "seq=8,16")
     assert code != 0 and "converting" not in err
     assert "--axis-sizes seq: no input has a dynamic dimension named 'seq' (named dimensions: batch)" in err
+    assert "--plugins dynamic_axes --set dynamic_axes.axes=INPUT:AXIS:seq" in err
     assert "--set torch.dynamic_axes=INPUT:AXIS:seq" in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 

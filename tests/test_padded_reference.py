@@ -239,6 +239,9 @@ def test_a_model_where_padding_is_not_inert_fails_at_the_shorter_length(tmp_path
                     plugin_paths=[name_seq])
     assert "verification failed: stage 'onnx' at batch size 1 with seq 3" in str(raised.value)
     assert "it passes at batch size 1 with seq 6" in str(raised.value)
+    hint = raised.value.hint or ""
+    assert "padded with zeros to seq 6" in hint and "result changes with that padding" in hint, hint
+    assert "baked" not in hint
     assert not (tmp_path / "out").exists()
 
 

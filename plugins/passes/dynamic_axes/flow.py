@@ -132,10 +132,12 @@ class Flow:
         self.opset = int(graph.opset)
         self.order = topological(graph)
         self.shapes, self.values = observe(graph, self.order, length)
+        self.on_data = on_data(graph, self.order)
         self.states: dict[int, State] = {id(tensor): Carries((Along(axis),)) for tensor, axis in starts}
         self.positions = {id(tensor): state for tensor in graph.tensors().values()
                           if (state := positions(tensor, length)) is not None}
         self.fixes: dict[tuple[int, int], Fixes] = {}
+        self.plain: set[int] = set()  # positions that do not count the length in the node visited (``counts``)
 
     # -- walking the graph
 
@@ -146,8 +148,9 @@ class Flow:
     def visit(self, node: gs.Node) -> None:
         if any(self.state(t) is not None for t in captured(node)):
             self.fail(node, "uses a tensor that holds the length inside a subgraph")
+        self.plain = {id(t) for k, t in enumerate(node.inputs) if id(t) in self.positions and not self.counts(node, k)}
         for index, tensor in enumerate(node.inputs):
-            if id(tensor) in self.positions:
+            if id(tensor) in self.positions and id(tensor) not in self.plain:
                 along = self.positions[id(tensor)]
                 self.cut(node, index, along.axis, along.inner,
                          f"{tensor.name!r} holds the positions 0 to {self.length - 1}; it is cut to the runtime length")
@@ -160,8 +163,26 @@ class Flow:
             if state is not None:
                 self.states[id(tensor)] = state
 
+    def counts(self, node: gs.Node, index: int) -> bool:
+        """Whether the positions ``node.inputs[index]`` count the length in ``node``: not when they index, or line
+        up with, an axis of another input that holds the length elsewhere and keeps L there (channels that
+        happen to number L)."""
+        along, rank = self.positions[id(node.inputs[index])], len(self.known_dims(node.inputs[index]) or ())
+        out_rank = len(self.known_dims(node.outputs[0]) or ()) if node.outputs else 0
+        for k, other in enumerate(node.inputs):
+            state, dims = self.states.get(id(other)), self.known_dims(other)
+            if k == index or not isinstance(state, Carries) or dims is None:
+                continue
+            if node.op in ("Gather", "GatherElements") and index == 1:
+                axis = normalized(node.attrs.get("axis", 0), len(dims))
+            else:
+                axis = along.axis + out_rank - rank - (out_rank - len(dims))
+            if 0 <= axis < len(dims) and state.at(axis) is None and dims[axis] == self.length:
+                return False
+        return True
+
     def state(self, tensor: gs.Tensor) -> State:
-        if id(tensor) in self.positions:
+        if id(tensor) in self.positions and id(tensor) not in self.plain:
             return Carries((self.positions[id(tensor)],))
         return self.states.get(id(tensor))
 
@@ -174,20 +195,29 @@ class Flow:
 
     # -- what is known about tensors
 
-    def dims(self, tensor: gs.Tensor, node: gs.Node) -> list[int]:
-        """The dims of ``tensor`` at the export length."""
+    def known_dims(self, tensor: gs.Tensor) -> list[int] | None:
+        """The dims of ``tensor`` at the export length; None when the observation did not give them."""
         if isinstance(tensor, gs.Constant):
             return list(tensor.shape)
         dims = self.shapes.get(tensor.name)
+        if dims is None and (value := constant_value(tensor)) is not None:
+            dims = value.shape
+        return None if dims is None else list(dims)
+
+    def dims(self, tensor: gs.Tensor, node: gs.Node) -> list[int]:
+        """The dims of ``tensor`` at the export length."""
+        dims = self.known_dims(tensor)
         if dims is None:
             self.fail(node, f"needs the shape of {tensor.name!r}, which the run at the export length did not give")
-        return list(dims)
+        return dims
 
     def rank(self, tensor: gs.Tensor, node: gs.Node) -> int:
         return len(self.dims(tensor, node))
 
     def value(self, tensor: gs.Tensor, node: gs.Node) -> np.ndarray:
         """The value of a small integer tensor at the export length."""
+        if id(tensor) in self.on_data:
+            self.fail(node, f"needs the value of {tensor.name!r}, which depends on what the inputs hold")
         value = self.values.get(tensor.name)
         if value is None:
             value = constant_value(tensor)
@@ -203,7 +233,14 @@ class Flow:
             self.fail(node, f"reads {tensor.name!r}, which holds the length, as a shape")
         if isinstance(state, Entries):
             return state.factors
-        return (0,) * self.value(tensor, node).size
+        return (0,) * math.prod(self.dims(tensor, node))
+
+    def fixed(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """The value of a small integer tensor that depends on nothing the inputs hold; None otherwise."""
+        if id(tensor) in self.on_data:
+            return None
+        value = self.values.get(tensor.name)
+        return constant_value(tensor) if value is None else value
 
     # -- planning fixes
 
@@ -272,10 +309,11 @@ def positions(tensor: gs.Tensor, length: int) -> Along | None:
 
 def observe(graph: gs.Graph, order: Sequence[gs.Node], length: int) -> tuple[dict[str, tuple[int, ...]],
                                                                          dict[str, np.ndarray]]:
-    """Run ``graph`` once in onnxruntime at the export length (a symbolic batch at a size no divisor of it), every
-    tensor an output: the dims of each tensor, and the values of the small integer ones."""
-    from surgeon.feeds import random_feed, static_batch
-    from surgeon.onnx_io import real_inputs
+    """Run ``graph`` once in onnxruntime at the export length, every tensor an output: the dims of each tensor,
+    and the values of the small integer ones. A symbolic batch (axis 0) is fed at a size no divisor of the length,
+    other symbolic dims at 4; floats are seeded noise, integers and booleans zeros (token ids, masks and indices
+    that are always in range)."""
+    from surgeon.feeds import SYMBOLIC_DIM_SIZE
     from surgeon.verify import onnxruntime_runner
 
     types = inferred_types(graph, order)
@@ -288,16 +326,34 @@ def observe(graph: gs.Graph, order: Sequence[gs.Node], length: int) -> tuple[dic
         tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(types[original.name][0])
         tensor.shape = None
     model = gs.export_onnx(observed, do_type_check=False)
-    batch = static_batch(model) or next(size for size in PROBE_BATCHES if length % size)
-    feed = random_feed(model, batch)
+    batch = next(size for size in PROBE_BATCHES if length % size)
+    rng = np.random.default_rng(0)
+    inputs = [t for t in graph.inputs if isinstance(t, gs.Variable)]
+    feed = []
+    for tensor in inputs:
+        dims = [size if isinstance(size, int) and size >= 0 else batch if axis == 0 else SYMBOLIC_DIM_SIZE
+                for axis, size in enumerate(tensor.shape or [])]
+        dtype = np.dtype(tensor.dtype)
+        feed.append(rng.standard_normal(dims).astype(dtype) if dtype.kind in "fc" else np.zeros(dims, dtype))
     try:
         results = onnxruntime_runner(model, optimized=False)([feed])[0]
     except Exception as error:
-        raise SurgeonError(f"onnxruntime cannot run the model at its export length to observe its shapes: {error}")
-    named = [*zip(real_inputs(model), feed), *zip(outputs, results)]
+        raise SurgeonError(f"onnxruntime cannot run the model at its export length, zero token ids, to observe its "
+                           f"shapes: {error}")
+    named = [*zip(inputs, feed), *zip(outputs, results)]
     shapes = {t.name: tuple(array.shape) for t, array in named}
     values = {t.name: np.asarray(array) for t, array in named if array.dtype.kind in "iub" and array.size <= SMALL}
     return shapes, values
+
+
+def on_data(graph: gs.Graph, order: Sequence[gs.Node]) -> set[int]:
+    """The tensors whose values depend on what the inputs hold, not only on their shapes: their observed values
+    are those of the observation's feed, not constants."""
+    found = {id(t) for t in graph.inputs}
+    for node in order:
+        if node.op not in ("Shape", "Size") and any(id(t) in found for t in [*node.inputs, *captured(node)]):
+            found.update(id(t) for t in node.outputs)
+    return found
 
 
 def normalized(axis: int, rank: int) -> int:

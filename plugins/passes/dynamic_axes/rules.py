@@ -34,8 +34,9 @@ def factor_arithmetic(flow: Flow, node: gs.Node) -> list[State]:
     size = value.size
     inputs = [t for t in node.inputs if t.name]
     factors = [broadcast_to(flow.factors(t, node), size) for t in inputs]
-    fixed = [broadcast_to(tuple(flow.value(t, node).reshape(-1).tolist()), size) if all(f == 0 for f in fs)
-             else None for t, fs in zip(inputs, factors)]
+    fixed = [broadcast_to(tuple(value.reshape(-1).tolist()), size)
+             if all(f == 0 for f in fs) and (value := flow.fixed(t)) is not None else None
+             for t, fs in zip(inputs, factors)]
     return [Entries(tuple(entry_factor(node.op, k, factors, fixed) for k in range(size)))]
 
 
@@ -81,7 +82,8 @@ def shape_of(flow: Flow, node: gs.Node) -> list[State]:
 
 def size_of(flow: Flow, node: gs.Node) -> list[State]:
     alongs = carried(flow, node)
-    return [Entries((math.prod(flow.dims(node.inputs[0], node)) // flow.length if len(alongs) == 1 else None,))]
+    size = math.prod(flow.dims(node.inputs[0], node))
+    return [Entries((0 if not alongs else size // flow.length if len(alongs) == 1 else None,))]
 
 
 # -- elementwise
@@ -144,6 +146,8 @@ def relayout(flow: Flow, node: gs.Node, dims: Sequence[int], alongs: Sequence[Al
              out_dims: Sequence[int]) -> list[Along]:
     """Where the length goes through an op that keeps the elements in order (Reshape, Flatten, Squeeze): the axis
     of the output whose span holds the length's block of elements whole."""
+    if 0 in out_dims:
+        flow.fail(node, "makes the length part of an empty tensor")
     out = []
     for along in alongs:
         stride = along.inner * math.prod(dims[along.axis + 1:])
@@ -207,7 +211,7 @@ def gather(flow: Flow, node: gs.Node) -> list[State]:
     data, indices = node.inputs[0], node.inputs[1]
     data_state, index_state = flow.state(data), flow.carries(indices)
     if isinstance(data_state, Entries) and index_state is None:
-        picked = np.asarray(data_state.factors, dtype=object)[flow.value(indices, node)]
+        picked = np.asarray(np.asarray(data_state.factors, dtype=object)[flow.value(indices, node)], dtype=object)
         return [Entries(tuple(picked.reshape(-1).tolist())) if picked.ndim <= 1 else None]
     rank = flow.rank(data, node)
     axis = normalized(node.attrs.get("axis", 0), rank)
