@@ -196,16 +196,29 @@ def test_a_shape_computed_around_a_baked_length_follows_it():
              helper.make_node("Concat", ["batch", "length", "minus_one", "four"], ["shape"], axis=0),
              helper.make_node("Reshape", ["x", "shape"], ["heads"], name="split_heads"),
              helper.make_node("Transpose", ["heads"], ["by_head"], perm=[0, 2, 1, 3]),
-             helper.make_node("Reshape", ["by_head", "rows"], ["y"], name="merge")]
-    built = model(nodes, [tensor("x", [1, L, D])], [tensor("y", [1, 2, L * 4])],
+             helper.make_node("Transpose", ["by_head"], ["by_position"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["by_position", "rows"], ["y"], name="merge")]
+    built = model(nodes, [tensor("x", [1, L, D])], [tensor("y", [1, L, D])],
                   {"length": np.array([L]), "minus_one": np.array([-1]), "four": np.array([4]),
-                   "rows": np.array([1, 2, -1])})
+                   "rows": np.array([1, -1, D])})
     rewritten, record = rewrite(built, "x:1:seq")
     assert record.details["rewritten"] == [
         "node 'split_heads' (Reshape): shape entry 1 (6) bakes the export length 6; it follows the runtime length "
         "instead"]
-    # each head's positions are merged with its 4 dims: the axis holds 4 S entries and takes no name
-    assert_follows_length(built, rewritten, [floats(1, L, D)], {0: 1}, [[(2, 4)]])
+    assert dims(rewritten.graph.output) == [[1, "seq", D]]
+    assert_follows_length(built, rewritten, [floats(1, L, D)], {0: 1}, [[1]])
+
+
+def test_an_output_that_merges_the_length_with_other_dims_is_refused():
+    # each head's positions merged with its 4 dims: no name says 4 x seq, and no check could cut it
+    nodes = [helper.make_node("Reshape", ["x", "heads"], ["split"], name="split_heads"),
+             helper.make_node("Transpose", ["split"], ["by_head"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["by_head", "rows"], ["y"], name="merge")]
+    built = model(nodes, [tensor("x", [1, L, D])], [tensor("y", [1, 2, L * 4])],
+                  {"heads": np.array([1, L, -1, 4]), "rows": np.array([1, 2, -1])})
+    with pytest.raises(PluginError, match=r"output 'y' holds the length merged with other dims on axis 2 \(24 at "
+                                          r"the export length 6\)"):
+        rewrite(built, "x:1:seq")
 
 
 def test_an_index_constant_over_another_axis_is_no_positions():
@@ -591,3 +604,22 @@ def test_an_input_already_dynamic_is_left_as_it_is_beside_one_made_dynamic():
     rewritten, record = rewrite(built, "x:1:seq", "mask:1:seq")
     assert record.details["inputs"] == ["x:1"]
     assert dims(rewritten.graph.input) == [[1, "seq", D], [1, "seq"]]
+
+
+def test_after_dynamic_axes_dynamic_batch_says_to_run_first(tmp_path):
+    import surgeon
+
+    nodes = [helper.make_node("Reshape", ["x", "heads"], ["y"], name="split_heads")]
+    onnx.save(model(nodes, [tensor("x", [1, L, D])], [tensor("y", [1, L, 2, 4])], {"heads": np.array([1, L, 2, 4])}),
+              tmp_path / "m.onnx")
+    options = {"dynamic_axes": {"axes": ["x:1:seq"]}}
+    with pytest.raises(SurgeonError) as raised:
+        surgeon.run(tmp_path / "m.onnx", tmp_path / "out", formats=["onnx"], plugins=["dynamic_axes", "dynamic_batch"],
+                    options=options)
+    assert "plugin 'dynamic_batch'" in str(raised.value)
+    assert "run it before dynamic_axes (--plugins dynamic_batch,dynamic_axes,...)" in str(raised.value)
+    assert not (tmp_path / "out").exists()
+    report = surgeon.run(tmp_path / "m.onnx", tmp_path / "out", formats=["onnx"],
+                         plugins=["dynamic_batch", "dynamic_axes"], options=options, batch_sizes=[1, 3])
+    assert {(row["batch"], row["sizes"]["seq"]) for row in report["parity"]} == {(1, 3), (1, 6), (3, 3), (3, 6)}
+    assert all(row["ok"] for row in report["parity"])

@@ -144,6 +144,13 @@ class Flow:
     def walk(self) -> None:
         for node in self.order:
             self.visit(node)
+        for tensor in self.graph.outputs:
+            state, dims = self.carries(tensor), self.known_dims(tensor)
+            for along in state.alongs if state and dims else ():
+                if dims[along.axis] != self.length:
+                    raise SurgeonError(f"output {tensor.name!r} holds the length merged with other dims on axis "
+                                       f"{along.axis} ({dims[along.axis]} at the export length {self.length}); an "
+                                       "output needs the length on an axis of its own to be named and checked")
 
     def visit(self, node: gs.Node) -> None:
         if any(self.state(t) is not None for t in captured(node)):
