@@ -146,7 +146,9 @@ class Flow:
             self.visit(node)
         for tensor in self.graph.outputs:
             state, dims = self.carries(tensor), self.known_dims(tensor)
-            for along in state.alongs if state and dims else ():
+            if state is None or dims is None:
+                continue
+            for along in state.alongs:
                 if dims[along.axis] != self.length:
                     raise SurgeonError(f"output {tensor.name!r} holds the length merged with other dims on axis "
                                        f"{along.axis} ({dims[along.axis]} at the export length {self.length}); an "
