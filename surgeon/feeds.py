@@ -41,7 +41,7 @@ def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
           axis_sizes: Mapping[str, Sequence[int]] | None = None, fixed: Mapping[str, int] | None = None) -> list[Case]:
     """Every combination of the batch sizes (``batch_sizes``) and the sizes of each named dimension: those asked
     for, and for a dimension the source model fixes (``fixed``: its size there, from :func:`fixed_sizes`) that
-    none were asked for, half that size and that size, so that the export's length and a shorter one are both
+    none were asked for, 2, half that size and that size, so that the export's length and shorter ones are all
     checked."""
     axis_sizes = axis_sizes or {}
     named = named_dims(model)
@@ -62,8 +62,9 @@ def cases(model: onnx.ModelProto, requested: Sequence[int] | None,
 
 
 def sizes_checked_by_default(fixed: int) -> list[int]:
-    """The sizes a named dimension that the source model fixes at ``fixed`` is checked at: half, and all of it."""
-    return sorted({max(fixed // 2, 1), fixed})
+    """The sizes a named dimension that the source model fixes at ``fixed`` is checked at: 2 (a short one, where a
+    size baked in shows most), half, and all of it."""
+    return sorted({min(2, fixed), max(fixed // 2, 1), fixed})
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ class Builder:
         if taken is None:
             taken = names_in(graph) if graph is not None else set()
         self.graph, self.prefix, self.taken, self.opset = graph, prefix, taken, opset
+        self.sizes: dict[tuple[int, int, int], gs.Tensor] = {}
 
     def name(self, base: str) -> str:
         """A name no tensor or node has yet, from ``base``; it is taken from now on."""
@@ -168,6 +169,16 @@ class Builder:
         shape = self.op("Shape", [x], f"{base}/shape", dtype=np.int64)
         return self.slice(shape, [start], [end], base)
 
+    def size(self, x: gs.Tensor, axis: int, base: str, factor: int = 1) -> gs.Tensor:
+        """The size of axis ``axis`` of ``x`` at run time times ``factor``, as an int64 [1] tensor (made once per
+        tensor, axis and factor by this builder)."""
+        key = (id(x), axis, factor)
+        if key not in self.sizes:
+            self.sizes[key] = self.dims(x, axis, axis + 1, base) if factor == 1 else self.op(
+                "Mul", [self.size(x, axis, base), self.ints(f"x{factor}", [factor])], f"{base}_x{factor}",
+                dtype=np.int64)
+        return self.sizes[key]
+
     def unsqueeze(self, x: gs.Tensor, axes: Sequence[int], base: str) -> gs.Variable:
         """``x`` with size-1 axes inserted at ``axes``: an input from opset 13, an attribute before."""
         if self.opset >= 13:
@@ -181,13 +192,26 @@ class Builder:
         return self.op("ReduceMean", [x], base, dtype=x.dtype, axes=list(axes), keepdims=1)
 
 
+def normalized(axis: int, rank: int) -> int:
+    """A possibly negative axis as counted from 0."""
+    return axis + rank if axis < 0 else axis
+
+
+REDUCTIONS = ("ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+              "ReduceProd", "ReduceSum", "ReduceSumSquare")
+"""ONNX's reduce operators: their axes an attribute (an input from opset 13 or 18), ``keepdims`` and
+``noop_with_empty_axes`` alike."""
+
+
 __all__ = [
     "INT64_MAX",
+    "REDUCTIONS",
     "Builder",
     "Unfixable",
     "constant_value",
     "describe",
     "is_empty",
     "names_in",
+    "normalized",
     "optional_input",
 ]

@@ -352,7 +352,7 @@ def check_parity(ctx: RunContext) -> list[dict[str, Any]]:
 
 def verified_cases(ctx: RunContext) -> list[Case]:
     """The cases verification runs (``surgeon.feeds.cases``), a named dimension that the source model fixes
-    included (at half its size and all of it, unless ``--axis-sizes`` says otherwise). When the reference is
+    included (at 2, half its size and all of it, unless ``--axis-sizes`` says otherwise). When the reference is
     onnxruntime on the source model, a size longer than the source fixes is refused: nothing computes it."""
     fixed = fixed_sizes(loaded_source(ctx), ctx.model)
     if ctx.config.verify and ctx.reference is None:

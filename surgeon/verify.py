@@ -23,7 +23,7 @@ model later positions never change earlier ones; a model where padding is
 not inert fails the check, as it should. Lengths over L cannot be checked
 there and are refused before anything is written; PyTorch, when it is the
 reference, runs at any length and is fed unpadded. Unless ``--axis-sizes``
-says otherwise, such a name is checked at L // 2 and at L.
+says otherwise, such a name is checked at 2, L // 2 and L.
 
 The criterion: a float value passes when
 
@@ -155,14 +155,16 @@ def failure_hint(table: list[dict[str, Any]], first: dict[str, Any], batch_fixer
     same_stage = [row for row in table if row["stage"] == first["stage"]]
     failed_at = case_of(first)
     other_sizes = [row for row in same_stage if row["batch"] == failed_at.batch and case_of(row) != failed_at]
-    if failed_at.sizes and other_sizes and all(row["ok"] for row in other_sizes):
-        passing = ", ".join(dict.fromkeys(case_of(row).describe() for row in other_sizes))
+    passing = ", ".join(case.describe() for case in dict.fromkeys(case_of(row) for row in other_sizes)
+                        if all(row["ok"] for row in other_sizes if case_of(row) == case))
+    if failed_at.sizes and passing:
         padding = [f"{name} {padded[name]}" for name, _ in failed_at.sizes if padded and name in padded]
         if padding:
             return (f"it passes at {passing}; a shorter length is checked against the original given the input "
-                    f"padded with zeros to {', '.join(padding)}, and this model's result changes with that padding "
-                    "(an LSTM's last state, tokens averaged without a mask): export it from PyTorch with "
-                    f"--set torch.dynamic_axes to check against PyTorch instead (docs/dynamic_axes.md); {hint}")
+                    f"padded with zeros to {', '.join(padding)}: either this model's result changes with that "
+                    "padding (an LSTM read at its last step, tokens averaged without a mask), or a size is baked in "
+                    "where the rewrite did not follow it; export it from PyTorch with --set torch.dynamic_axes to "
+                    f"check against PyTorch instead (docs/dynamic_axes.md); {hint}")
         return (f"it passes at {passing}: the export likely baked a size of a named dimension into the model "
                 f"(docs/dynamic_axes.md); {hint}")
     at_one = [row for row in same_stage if case_of(row) == Case(1, failed_at.sizes)]

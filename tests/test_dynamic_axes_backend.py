@@ -20,7 +20,7 @@ from surgeon.testing import BackendCase, apply_pass_with_record, assert_idempote
 
 # a refusal names the node or option at fault
 NAMED = re.compile(r"^plugin 'dynamic_axes': (node '|the \w+ node making '|an? \w+ node |axes: |"
-                   r"the model is at opset \d+; |onnxruntime cannot run the model at its export length)")
+                   r"the model is at opset \d+; |onnxruntime cannot run the model at its export length|output ')")
 # (cumsum, trilu and range cases have scalar inputs or none with a fixed axis 1: none would run here)
 SUBSET = ("matmul", "gemm", "softmax", "reshape", "transpose", "gather", "slice", "concat", "expand", "where",
           "add", "layer_normalization", "reduce_mean", "reduce_sum", "lstm", "gru", "shape", "unsqueeze", "squeeze",
@@ -97,14 +97,16 @@ def test_a_subset_of_sequence_ops_keeps_every_output_or_refuses_by_name():
     counts = collections.Counter(kind for kind, _ in results.values())
     assert counts["rewritten"] >= 70, counts
     # ops along the length that the pass follows (an attention with a causal mask built from shapes among them)
-    for name in ("test_softmax_axis_1", "test_matmul_3d", "test_transpose_all_permutations_0", "test_where_example",
+    for name in ("test_softmax_axis_1", "test_matmul_3d", "test_transpose_all_permutations_0",
                  "test_attention_3d_causal_expanded", "test_layer_normalization_3d_axis_negative_1_epsilon_expanded"):
         assert results.get(name, ("missing",))[0] == "rewritten", (name, results.get(name))
     # and ones it cannot
     for name, why in (("test_split_equal_parts_2d_opset13", "splits along the length"),
                       ("test_concat_3d_axis_1", "concatenates along the length"),
                       ("test_layer_normalization_3d_axis_negative_1_epsilon", "(the statistics) is used"),
-                      ("test_lstm_defaults", "runs over axis 0, but the length is elsewhere in 'X'")):
+                      ("test_lstm_defaults", "runs over axis 0, but the length is elsewhere in 'X'"),
+                      ("test_where_example", "combines the input 'x', 2 long on axis 1, with the length there; if "
+                                             "that axis is the length too, name it in axes (x:1:NAME)")):
         kind, detail = results.get(name, ("missing", ""))
         assert kind == "refused" and why in detail, (name, kind, detail)
 
@@ -115,4 +117,4 @@ def test_every_backend_case_keeps_its_outputs_or_refuses_by_name():
     counts = collections.Counter(kind for kind, _ in results.values())
     print(f"\ndynamic_axes on {len(results)} backend node cases with a fixed axis 1: {dict(counts)}")
     assert_no_problems(results)
-    assert counts["rewritten"] >= 300, counts
+    assert counts["rewritten"] >= 250, counts

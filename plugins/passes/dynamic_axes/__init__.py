@@ -70,16 +70,22 @@ def start(graph: gs.Graph, options: DynamicAxesOptions) -> Start | None:
         if isinstance(size, int) and size > 0:
             inputs.append((tensor, axis.axis))
             lengths[f"{axis.input}:{axis.axis}"] = size
+    name = axes[0].name
+    asked = {(axis.input, axis.axis) for axis in axes}
+    taken = [f"{t.name!r} axis {k}" for t in by_name.values() for k, dim in enumerate(t.shape or [])
+             if dim == name and (t.name, k) not in asked]
+    if taken and inputs:
+        raise SurgeonError(f"axes: the model already names {taken[0]} {name!r}; the length needs a name of its own")
     if not inputs:
         return None
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{where} is {size}" for where, size in lengths.items())
-        raise SurgeonError(f"axes: the axes named {axes[0].name!r} differ in size ({listed})")
+        raise SurgeonError(f"axes: the axes named {name!r} differ in size ({listed})")
     length = next(iter(lengths.values()))
     if length == 1:
-        raise SurgeonError(f"axes: the model was exported at {axes[0].name} 1, which leaves nothing to follow; "
+        raise SurgeonError(f"axes: the model was exported at {name} 1, which leaves nothing to follow; "
                            "export it at a length of 2 or more")
-    return Start(inputs, axes[0].name, length)
+    return Start(inputs, name, length)
 
 
 def analyse(graph: gs.Graph, options: DynamicAxesOptions) -> tuple[Start, Flow] | None:

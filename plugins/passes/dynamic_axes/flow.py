@@ -36,7 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import SurgeonError
-from surgeon.graph import Builder, constant_value, describe
+from surgeon.graph import Builder, constant_value, describe, normalized
 from surgeon.shapes import captured, inferred_types, topological
 
 SMALL = 64  # elements: integer tensors this small have their values observed (shapes, axes, indices)
@@ -95,17 +95,10 @@ class LengthBuilder(Builder):
     def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
         super().__init__(graph, prefix="dynamic_axes/")
         self.source, self.axis = source, axis
-        self.sizes: dict[int, gs.Tensor] = {}
 
     def length(self, factor: int = 1) -> gs.Tensor:
         """An int64 [1] tensor holding S * factor (made once per factor)."""
-        if factor not in self.sizes:
-            if factor == 1:
-                self.sizes[1] = self.dims(self.source, self.axis, self.axis + 1, "length")
-            else:
-                self.sizes[factor] = self.op("Mul", [self.length(), self.ints(f"x{factor}", [factor])],
-                                             f"length_x{factor}", dtype=np.int64)
-        return self.sizes[factor]
+        return self.size(self.source, self.axis, "length", factor)
 
     def cut(self, tensor: gs.Tensor, axes: Mapping[int, int]) -> gs.Tensor:
         """``tensor`` cut to S * inner entries on each of ``axes`` (axis -> inner)."""
@@ -133,7 +126,9 @@ class Flow:
         self.order = topological(graph)
         self.shapes, self.values = observe(graph, self.order, length)
         self.on_data = on_data(graph, self.order)
-        self.states: dict[int, State] = {id(tensor): Carries((Along(axis),)) for tensor, axis in starts}
+        self.states: dict[int, State] = {}
+        for tensor, _ in starts:
+            self.states[id(tensor)] = Carries.of([Along(axis) for other, axis in starts if other is tensor])
         self.positions = {id(tensor): state for tensor in graph.tensors().values()
                           if (state := positions(tensor, length)) is not None}
         self.fixes: dict[tuple[int, int], Fixes] = {}
@@ -173,9 +168,11 @@ class Flow:
                 self.states[id(tensor)] = state
 
     def counts(self, node: gs.Node, index: int) -> bool:
-        """Whether the positions ``node.inputs[index]`` count the length in ``node``: not when they index, or line
-        up with, an axis of another input that holds the length elsewhere and keeps L there (channels that
-        happen to number L)."""
+        """Whether the positions ``node.inputs[index]`` count the length in ``node``. Not when they index an axis
+        of data that holds the length elsewhere (features picked by number), nor when they line up with an axis of
+        another input that holds the length elsewhere and is L long there (channels that happen to number L) or 1
+        long there while its values come from the inputs (``ids[..., None] == arange(V)``, a one-hot over a
+        vocabulary of L): positions meet the length only as a table's indices, each other, or shapes."""
         along, rank = self.positions[id(node.inputs[index])], len(self.known_dims(node.inputs[index]) or ())
         out_rank = len(self.known_dims(node.outputs[0]) or ()) if node.outputs else 0
         for k, other in enumerate(node.inputs):
@@ -183,10 +180,10 @@ class Flow:
             if k == index or not isinstance(state, Carries) or dims is None:
                 continue
             if node.op in ("Gather", "GatherElements") and index == 1:
-                axis = normalized(node.attrs.get("axis", 0), len(dims))
-            else:
-                axis = along.axis + out_rank - rank - (out_rank - len(dims))
-            if 0 <= axis < len(dims) and state.at(axis) is None and dims[axis] == self.length:
+                return state.at(normalized(node.attrs.get("axis", 0), len(dims))) is not None
+            axis = along.axis - rank + len(dims)
+            if 0 <= axis < len(dims) and state.at(axis) is None and (
+                    dims[axis] == self.length or dims[axis] == 1 and id(other) in self.on_data):
                 return False
         return True
 
@@ -280,6 +277,13 @@ class Flow:
             return
         if size != self.length * along.inner:
             self.fail(node, f"combines {tensor.name!r}, of size {size} on axis {axis}, with the length there")
+        if tensor in self.graph.inputs:
+            self.fail(node, f"combines the input {tensor.name!r}, {size} long on axis {axis}, with the length there; "
+                            f"if that axis is the length too, name it in axes ({tensor.name}:{axis}:NAME)")
+        if id(tensor) in self.on_data:
+            self.fail(node, f"combines {tensor.name!r}, which the inputs' data fill, {size} long on axis {axis}, with "
+                            "the length there; only constants that hold L rows (positions, masks, embeddings) are "
+                            "cut to the runtime length")
         self.cut(node, index, axis, along.inner,
                  f"{tensor.name!r} has the export length {self.length} on axis {axis}; it is cut to the runtime length")
 
@@ -363,8 +367,3 @@ def on_data(graph: gs.Graph, order: Sequence[gs.Node]) -> set[int]:
         if node.op not in ("Shape", "Size") and any(id(t) in found for t in [*node.inputs, *captured(node)]):
             found.update(id(t) for t in node.outputs)
     return found
-
-
-def normalized(axis: int, rank: int) -> int:
-    """A possibly negative axis as counted from 0."""
-    return axis + rank if axis < 0 else axis

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from surgeon.graph import optional_input
-from surgeon_plugins.passes.dynamic_axes.flow import Along, Carries, Entries, Flow, Rule, State, normalized
+from surgeon.graph import REDUCTIONS, normalized, optional_input
+from surgeon_plugins.passes.dynamic_axes.flow import Along, Carries, Entries, Flow, Rule, State
 
 
 def carried(flow: Flow, node: gs.Node, index: int = 0) -> tuple[Along, ...]:
@@ -26,40 +26,48 @@ def carried(flow: Flow, node: gs.Node, index: int = 0) -> tuple[Along, ...]:
 
 
 def factor_arithmetic(flow: Flow, node: gs.Node) -> list[State]:
-    """Elementwise ops on shape values: factors add, scale by a fixed number, compare to a fixed number."""
-    out = node.outputs[0]
-    value = flow.values.get(out.name)
-    if value is None or value.ndim > 1:
+    """Elementwise ops on shape values: factors add, scale by a fixed number, and compare unequal to a fixed number
+    the entry never reaches (``Where(Equal(shape, -1), ...)``, as torch writes ``expand``)."""
+    result = flow.values.get(node.outputs[0].name)
+    if result is None or result.ndim > 1:
         return [None]  # data computed from the length, no axis of it holds the length
-    size = value.size
+    size = result.size
     inputs = [t for t in node.inputs if t.name]
     factors = [broadcast_to(flow.factors(t, node), size) for t in inputs]
-    fixed = [broadcast_to(tuple(value.reshape(-1).tolist()), size)
-             if all(f == 0 for f in fs) and (value := flow.fixed(t)) is not None else None
-             for t, fs in zip(inputs, factors)]
-    return [Entries(tuple(entry_factor(node.op, k, factors, fixed) for k in range(size)))]
+    observed = [None if (value := flow.fixed(t)) is None else broadcast_to(tuple(value.reshape(-1).tolist()), size)
+                for t in inputs]
+    return [Entries(tuple(entry_factor(node.op, k, factors, observed, flow.length) for k in range(size)))]
 
 
-def entry_factor(op: str, k: int, factors: Sequence[tuple[int | None, ...]],
-                 fixed: Sequence[tuple | None]) -> int | None:
+def entry_factor(op: str, k: int, factors: Sequence[tuple[int | None, ...]], observed: Sequence[tuple | None],
+                 length: int) -> int | None:
+    """The factor of entry ``k`` of ``op``'s output, from its inputs' ``factors`` and ``observed`` values (at the
+    export length ``length``; None where they depend on the inputs' data)."""
     column = [f[k] for f in factors]
     if None in column:
         return None
     if all(f == 0 for f in column):
         return 0
+    fixed = [values if factor[k] == 0 else None for values, factor in zip(observed, factors)]
     if op == "Where":
         condition = fixed[0]
         return None if condition is None else column[1] if condition[k] else column[2]
+    if op == "Equal":  # f * S + c, for 1 <= S <= L, against a fixed number outside that range: never equal
+        plain = column.index(0)
+        scaled, factor = observed[1 - plain], column[1 - plain]
+        other = fixed[plain]
+        if scaled is not None and other is not None and factor is not None and factor > 0 \
+                and not scaled[k] - factor * (length - 1) <= other[k] <= scaled[k]:
+            return 0
     if op in ("Add", "Sum"):
         return sum(f for f in column if f is not None)
     if op == "Sub":
         return column[0] - column[1] if column[0] is not None and column[1] is not None else None
     if op == "Mul" and len(column) == 2:
-        for scaled, other in ((0, 1), (1, 0)):
-            plain = fixed[other]
-            factor = column[scaled]
-            if plain is not None and factor is not None and float(plain[k]).is_integer():
-                return factor * int(plain[k])
+        for scaled_index, other_index in ((0, 1), (1, 0)):
+            plain_values, factor = fixed[other_index], column[scaled_index]
+            if plain_values is not None and factor is not None and float(plain_values[k]).is_integer():
+                return factor * int(plain_values[k])
     if op == "Div" and column[1] == 0:
         divisor, factor = fixed[1], column[0]
         if divisor is not None and factor is not None and divisor[k] and factor % int(divisor[k]) == 0:
@@ -311,9 +319,17 @@ def expand(flow: Flow, node: gs.Node) -> list[State]:
                             "does not follow")
         flow.replace_entry(node, 1, position, None, f"shape entry {position} ({entries[position]}) bakes the export "
                                                     f"length {flow.length}; 1 keeps the runtime length instead")
+    held = bool(alongs)
     for position, factor in enumerate(factors):
-        if factor not in (0, None) and position + offset not in alongs:
-            alongs[position + offset] = Along(position + offset, factor)
+        axis = position + offset
+        if factor not in (0, None) and axis not in alongs:
+            alongs[axis] = Along(axis, factor)
+        elif held and factor == 0 and entries[position] == flow.length and axis not in alongs:
+            # a mask that holds the length on one axis broadcast to [L, L]: the other L is the length too
+            alongs[axis] = Along(axis)
+            flow.replace_entry(node, 1, position, 1, f"shape entry {position} ({entries[position]}) broadcasts "
+                                                     f"{x.name!r}, which holds the length, to the export length "
+                                                     f"{flow.length}; it broadcasts to the runtime length instead")
     return [Carries.of(list(alongs.values()))]
 
 
@@ -375,9 +391,12 @@ def matmul(flow: Flow, node: gs.Node) -> list[State]:
     columns = state_b.at(rank_b - 1) if state_b and rank_b >= 2 else None
     if columns:
         alongs[rank - 1] = Along(rank - 1, columns.inner)
-    stacked = [(t, rank - flow.rank(t, node)) for t in (a, b) if flow.rank(t, node) > 2]
-    batch = {axis: along for axis, along in aligned(flow, node, stacked).items() if axis < rank - 2}
-    for index, (tensor, shift) in enumerate([(a, rank - rank_a), (b, rank - rank_b)]):
+    # the broadcast batch axes come first in the output; a 1-D operand drops its own axis, not the other's
+    shifts = [0 if rank_b == 1 else rank - rank_a, 0 if rank_a == 1 else rank - rank_b]
+    batch_end = rank - (1 if 1 in (rank_a, rank_b) else 2)
+    stacked = [(t, shift) for t, shift in zip((a, b), shifts) if flow.rank(t, node) > 2]
+    batch = {axis: along for axis, along in aligned(flow, node, stacked).items() if axis < batch_end}
+    for index, (tensor, shift) in enumerate(zip((a, b), shifts)):
         if flow.rank(tensor, node) > 2:
             meet_all(flow, node, index, batch, shift, broadcast=True)
     return [Carries.of([*alongs.values(), *batch.values()])]
@@ -410,10 +429,10 @@ def reduce(flow: Flow, node: gs.Node) -> list[State]:
         axes = [node.attrs.get("axis", 0)]
     elif axes_input is not None:
         axes = flow.value(axes_input, node).reshape(-1).tolist()
-    elif "axes" in node.attrs:
-        axes = list(node.attrs["axes"])
     else:
-        axes = [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+        axes = list(node.attrs.get("axes", []))
+    if not axes and not node.attrs.get("noop_with_empty_axes", 0):
+        axes = list(range(rank))
     reduced = {normalized(a, rank) for a in axes}
     keep = node.attrs.get("keepdims", 1)
     return [Carries.of([Along(a.axis if keep else a.axis - sum(r < a.axis for r in reduced), a.inner)
@@ -449,8 +468,7 @@ UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "Cast
          "Tan", "Tanh", "ThresholdedRelu", "Trilu")
 BROADCAST = ("Add", "And", "BitShift", "Div", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Max",
              "Mean", "Min", "Mod", "Mul", "Or", "Pow", "PRelu", "Sub", "Sum", "Where", "Xor")
-REDUCE = ("ArgMax", "ArgMin", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-          "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
+REDUCE = ("ArgMax", "ArgMin", *REDUCTIONS)
 
 RULES: dict[str, Rule] = {
     **{op: unary for op in UNARY},

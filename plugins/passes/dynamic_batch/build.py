@@ -23,18 +23,11 @@ class BatchBuilder(Builder):
     def __init__(self, graph: gs.Graph, source: gs.Tensor, axis: int) -> None:
         super().__init__(graph, prefix="dynamic_batch/")
         self.source, self.axis = source, axis
-        self.sizes: dict[int, gs.Tensor] = {}
         self.sample_indices: dict[tuple[tuple[int, ...], int, str], gs.Tensor] = {}
 
     def batch_size(self, factor: int = 1) -> gs.Tensor:
         """An int64 [1] tensor holding N * factor (made once per factor)."""
-        if factor not in self.sizes:
-            if factor == 1:
-                self.sizes[1] = self.dims(self.source, self.axis, self.axis + 1, "batch_size")
-            else:
-                self.sizes[factor] = self.op("Mul", [self.batch_size(), self.ints(f"x{factor}", [factor])],
-                                             f"batch_size_x{factor}")
-        return self.sizes[factor]
+        return self.size(self.source, self.axis, "batch_size", factor)
 
     def shape(self, entries: Sequence[Entry], base: str) -> gs.Tensor:
         """An int64 1-D tensor of ``entries`` (ints and Terms): a constant, or a Concat of constants and N * f."""

@@ -38,7 +38,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from surgeon import SurgeonError
-from surgeon.graph import constant_value, describe
+from surgeon.graph import constant_value, describe, normalized
 from surgeon.shapes import captured, inferred_types, opset_imports, topological
 from surgeon_plugins.passes.dynamic_batch.build import BatchBuilder
 from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, Positions, State, Term, Value, independent
@@ -529,11 +529,6 @@ def fully_known(dims: Sequence[int | None] | None) -> list[int] | None:
         return None
     known = [d for d in dims if d is not None]
     return known if len(known) == len(dims) else None
-
-
-def normalized(axis: int, rank: int) -> int:
-    """A possibly negative axis as counted from 0."""
-    return axis + rank if axis < 0 else axis
 
 
 def batched_first(flow: Flow, node: gs.Node) -> Batch:

@@ -15,8 +15,8 @@ import onnx_graphsurgeon as gs
 
 import surgeon_plugins.passes.dynamic_batch.indexing as indexing
 import surgeon_plugins.passes.dynamic_batch.shape_rules as shape_rules
-from surgeon.graph import optional_input
-from surgeon_plugins.passes.dynamic_batch.flow import Flow, Rule, batched_first, normalized
+from surgeon.graph import REDUCTIONS, normalized, optional_input
+from surgeon_plugins.passes.dynamic_batch.flow import Flow, Rule, batched_first
 from surgeon_plugins.passes.dynamic_batch.state import Batch, Entry, State, Term, Value, as_int, independent
 
 
@@ -301,13 +301,11 @@ PER_SAMPLE = """AveragePool BatchNormalization Col2Im Conv ConvInteger ConvTrans
     GlobalAveragePool GlobalLpPool GlobalMaxPool GridSample GroupNormalization InstanceNormalization LpPool LRN
     MaxPool SpaceToDepth""".split()
 BATCHED_PARAMETERS = {"GridSample": (1,), "DeformConv": (2, 4)}  # per-sample inputs besides input 0
-REDUCE = """ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
-    ReduceSumSquare""".split()
 
 RULES: dict[str, Rule] = {
     **{op: broadcast for op in ELEMENTWISE},
     **{op: per_sample for op in PER_SAMPLE},
-    **{op: reduce for op in REDUCE},
+    **{op: reduce for op in REDUCTIONS},
     "Add": indexing.arithmetic(broadcast),
     "Mul": indexing.arithmetic(broadcast),
     "Cast": indexing.keeping_positions(broadcast),

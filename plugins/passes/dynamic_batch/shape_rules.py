@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 import onnx_graphsurgeon as gs
 
-from surgeon.graph import INT64_MAX, optional_input
+from surgeon.graph import INT64_MAX, normalized, optional_input
 from surgeon_plugins.passes.dynamic_batch.build import BatchBuilder
-from surgeon_plugins.passes.dynamic_batch.flow import Flow, batched_first, fully_known, normalized
+from surgeon_plugins.passes.dynamic_batch.flow import Flow, batched_first, fully_known
 from surgeon_plugins.passes.dynamic_batch.indexing import gather_samples
 from surgeon_plugins.passes.dynamic_batch.state import (Batch, Entry, State, Term, Value, as_int, independent,
                                                           terms_of)
