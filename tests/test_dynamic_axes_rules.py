@@ -62,25 +62,28 @@ def cut(array: np.ndarray, axes: Sequence[int | tuple[int, int]], size: int) -> 
     return array[tuple(index)]
 
 
-def padded(array: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """``array`` cut to ``size`` on ``axis``, then zero-padded back to its length there."""
+def padded(array: np.ndarray, axes: int | Sequence[int], size: int) -> np.ndarray:
+    """``array`` cut to ``size`` on ``axes`` (one or several), then zero-padded back to its length there."""
     out = np.zeros_like(array)
     index = [slice(None)] * array.ndim
-    index[axis] = slice(0, size)
+    for axis in [axes] if isinstance(axes, int) else axes:
+        index[axis] = slice(0, size)
     out[tuple(index)] = array[tuple(index)]
     return out
 
 
 def assert_follows_length(original: onnx.ModelProto, rewritten: onnx.ModelProto, full: Sequence[np.ndarray],
-                          along: Mapping[int, int], holds: Sequence[Sequence[int | tuple[int, int]]],
-                          sizes: Sequence[int] = SIZES, atol: float = 1e-5) -> None:
+                          along: Mapping[int, int | Sequence[int]],
+                          holds: Sequence[Sequence[int | tuple[int, int]]], sizes: Sequence[int] = SIZES,
+                          atol: float = 1e-5) -> None:
     """At each length S, ``rewritten`` fed ``full`` (one array per input, at the export length) cut to S computes
     what ``original`` computes for it zero-padded to L, cut to S on the axes ``holds`` lists for each output.
 
-    ``along``: input index -> the axis that holds the length (the other inputs are fed whole); ``holds``: see
-    ``cut``."""
+    ``along``: input index -> the axis (or axes) that hold the length (the other inputs are fed whole); ``holds``:
+    see ``cut``."""
     for size in sizes:
-        short = [cut(a, [along[k]], size) if k in along else a for k, a in enumerate(full)]
+        short = [cut(a, [along[k]] if isinstance(along[k], int) else along[k], size) if k in along else a
+                 for k, a in enumerate(full)]
         pad = [padded(a, along[k], size) if k in along else a for k, a in enumerate(full)]
         expected = [cut(out, axes, size) for out, axes in zip(run_onnx(original, pad), holds, strict=True)]
         got = run_onnx(rewritten, short)
@@ -232,6 +235,46 @@ def test_an_index_constant_over_another_axis_is_no_positions():
     assert_follows_length(built, rewritten, [floats(1, L, L)], {0: 1}, [[1]])
 
 
+@pytest.mark.parametrize("between", ["none", "Cast", "Unsqueeze"])
+def test_feature_indices_over_a_wider_axis_are_no_positions(between):
+    # x[:, :, torch.arange(L)]: the first L of D features, picked by number from data that holds the length on
+    # axis 1; the indices are features, so the output keeps all L of them at every S, also when the arange is cast
+    # or reshaped on its way (positions are judged where they are used)
+    nodes = [helper.make_node("Gather", ["x", "features" if between == "none" else "indices"], ["y"],
+                              name="pick_features", axis=2)]
+    if between == "Cast":
+        nodes.insert(0, helper.make_node("Cast", ["features"], ["indices"], to=TensorProto.INT32))
+    if between == "Unsqueeze":
+        nodes.insert(0, helper.make_node("Unsqueeze", ["features", "first"], ["indices"]))
+        nodes.append(helper.make_node("Squeeze", ["y", "third"], ["picked"]))
+    output = tensor("y", [1, L, L]) if between != "Unsqueeze" else tensor("picked", [1, L, L])
+    built = model(nodes, [tensor("x", [1, L, D])], [output],
+                  {"features": np.arange(L, dtype=np.int64), "first": np.array([0]), "third": np.array([2])})
+    rewritten, record = rewrite(built, "x:1:seq")
+    assert record.details["rewritten"] == []  # the indices are not cut
+    assert dims(rewritten.graph.output) == [[1, "seq", L]]
+    assert_follows_length(built, rewritten, [floats(1, L, D)], {0: 1}, [[1]])
+
+
+def test_a_one_hot_over_a_vocabulary_of_the_export_length_keeps_its_arange():
+    # (ids[..., None] == torch.arange(V)).float() @ table with V == L: the arange numbers the vocabulary, not the
+    # positions; ids >= S keep their row of the table at every S
+    nodes = [helper.make_node("Unsqueeze", ["input_ids", "last"], ["ids_column"]),
+             helper.make_node("Equal", ["ids_column", "vocabulary"], ["hot"], name="one_hot"),
+             helper.make_node("Cast", ["hot"], ["hot_float"], to=FLOAT),
+             helper.make_node("MatMul", ["hot_float", "table"], ["y"], name="embed")]
+    built = model(nodes, [tensor("input_ids", [1, L], INT64)], [tensor("y", [1, L, D])],
+                  {"last": np.array([-1]), "vocabulary": np.arange(L, dtype=np.int64), "table": weights(L, D)})
+    rewritten, record = rewrite(built, "input_ids:1:seq")
+    assert record.details["rewritten"] == []  # neither the arange nor the table is cut
+    assert dims(rewritten.graph.output) == [[1, "seq", D]]
+    descending = np.arange(L - 1, -1, -1, dtype=np.int64).reshape(1, L)  # at every S < L, ids >= S come first
+    assert_follows_length(built, rewritten, [descending], {0: 1}, [[1]])
+    assert_follows_length(built, rewritten, [np.random.default_rng(4).integers(0, L, (1, L))], {0: 1}, [[1]])
+    (top,) = run_onnx(rewritten, [descending[:, :1]])  # S = 1, token id L - 1
+    np.testing.assert_allclose(top[0, 0], weights(L, D)[L - 1], rtol=1e-6)
+
+
 def attention(mask: bool) -> onnx.ModelProto:
     """One causal self-attention block of 2 heads, the mask folded to [1, 1, L, L] (-1e9 above the diagonal)."""
     nodes = []
@@ -298,6 +341,29 @@ def test_a_mask_expanded_to_a_constant_shape_keeps_the_runtime_length():
                in line for line in record.details["rewritten"]), record.details
     mask = np.random.default_rng(3).integers(0, 2, (1, L)).astype(np.float32)
     assert_follows_length(built, rewritten, [floats(1, L, D), mask], {0: 1, 1: 1}, [[2, 3]])
+
+
+def test_torchs_expand_to_a_shape_of_the_length_is_followed():
+    # mask[:, None, :].expand(1, x.size(1), x.size(1)) as torch.onnx writes it: the sizes read from Shape(x), then
+    # Where(Equal(shape, -1), ones, shape) (-1 keeps a dim), which no length from 1 to L ever equals
+    nodes = [helper.make_node("Shape", ["x"], ["length"], start=1, end=2),
+             helper.make_node("Concat", ["one", "length", "length"], ["shape"], axis=0),
+             helper.make_node("Equal", ["shape", "minus_one"], ["keeps"]),
+             helper.make_node("Where", ["keeps", "ones", "shape"], ["sizes"]),
+             helper.make_node("Unsqueeze", ["attention_mask", "one"], ["mask3"]),
+             helper.make_node("Cast", ["mask3"], ["mask3_float"], to=FLOAT),
+             helper.make_node("Expand", ["mask3_float", "sizes"], ["expanded"], name="expand_mask"),
+             helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+             helper.make_node("Add", ["scores", "expanded"], ["y"], name="add_mask")]
+    built = model(nodes, [tensor("x", [1, L, D]), tensor("attention_mask", [1, L], INT64)],
+                  [tensor("y", [1, L, L])],
+                  {"one": np.array([1]), "minus_one": np.array([-1]), "ones": np.array([1, 1, 1])})
+    rewritten, record = rewrite(built, "x:1:seq", "attention_mask:1:seq")
+    assert record.details["rewritten"] == []  # the shape already follows the length
+    assert dims(rewritten.graph.output) == [[1, "seq", "seq"]]
+    mask = np.random.default_rng(3).integers(0, 2, (1, L)).astype(np.int64)
+    assert_follows_length(built, rewritten, [floats(1, L, D), mask], {0: 1, 1: 1}, [[1, 2]])
 
 
 @pytest.mark.parametrize("length_of", ["gather scalar", "shape slice"])
@@ -393,6 +459,19 @@ def test_reductions_over_the_width_keep_the_length_and_a_sum_over_it_ignores_the
                   {"axis1": np.array([1])})
     rewritten, _ = apply_pass_with_record("dynamic_axes", built, axes=["x:1:seq"])
     assert dims(rewritten.graph.output) == [[1, "seq"], [1, 1, D]]
+    assert_follows_length(built, rewritten, [floats(1, L, D)], {0: 1}, [[1], []])
+
+
+@pytest.mark.parametrize("keepdims, total_dims", [(1, [1, 1, 1]), (0, [])])
+def test_a_reduction_with_empty_axes_reduces_every_axis_the_length_among_them(keepdims, total_dims):
+    # x + x.sum(dim=(), keepdim=...) at opset 13: the axes input present but empty reduces every axis, so the
+    # total holds no length (a sum, which the padding's zeros leave alone)
+    nodes = [helper.make_node("ReduceSum", ["x", "no_axes"], ["total"], name="sum_all", keepdims=keepdims),
+             helper.make_node("Add", ["x", "total"], ["y"])]
+    built = model(nodes, [tensor("x", [1, L, D])], [tensor("y", [1, L, D]), tensor("total", total_dims)],
+                  {"no_axes": np.array([], np.int64)}, opset=13)
+    rewritten, _ = rewrite(built, "x:1:seq")
+    assert dims(rewritten.graph.output) == [[1, "seq", D], total_dims]
     assert_follows_length(built, rewritten, [floats(1, L, D)], {0: 1}, [[1], []])
 
 
@@ -559,6 +638,34 @@ def test_what_does_not_follow_the_length_is_refused_by_node(case):
     assert message_got.startswith(f"plugin 'dynamic_axes': {message}"), message_got
 
 
+def test_an_arange_cast_on_its_way_to_data_of_its_width_stays_the_width():
+    # x + torch.arange(L).float() with the width of x equal to L: through the Cast the arange still meets x on its
+    # width, not on the length, so it stays whole and x is never cut; naming the width too makes both follow
+    nodes = [helper.make_node("Cast", ["offsets"], ["offsets_float"], to=FLOAT),
+             helper.make_node("Add", ["x", "offsets_float"], ["y"], name="add_offsets")]
+    built = model(nodes, [tensor("x", [1, L, L])], [tensor("y", [1, L, L])],
+                  {"offsets": np.arange(L, dtype=np.int64)})
+    rewritten, record = rewrite(built, "x:1:seq")
+    assert record.details["rewritten"] == []
+    assert dims(rewritten.graph.output) == [[1, "seq", L]]
+    assert_follows_length(built, rewritten, [floats(1, L, L)], {0: 1}, [[1]])
+    rewritten, _ = rewrite(built, "x:1:seq", "x:2:seq")
+    assert dims(rewritten.graph.input) == [[1, "seq", "seq"]]
+    assert_follows_length(built, rewritten, [floats(1, L, L)], {0: (1, 2)}, [[1, 2]])
+
+
+def test_an_input_cut_to_meet_the_length_is_refused_with_how_to_name_its_axis():
+    # x + y, both [1, L, L], only x's axis 1 named: y would have to be cut on its axis 1, which the caller sends
+    nodes = [helper.make_node("Add", ["x", "y"], ["z"], name="add")]
+    built = model(nodes, [tensor("x", [1, L, D]), tensor("y", [1, L, D])], [tensor("z", [1, L, D])])
+    message = refusal(built, "x:1:seq")
+    assert message.startswith("plugin 'dynamic_axes': node 'add' (Add) combines the input 'y', 6 long on axis 1, "
+                              "with the length there"), message
+    assert "name it in axes (y:1:NAME)" in message, message
+    rewritten, _ = rewrite(built, "x:1:seq", "y:1:seq")
+    assert_follows_length(built, rewritten, [floats(1, L, D), floats(1, L, D)], {0: 1, 1: 1}, [[1]])
+
+
 # -- the options
 
 
@@ -606,6 +713,28 @@ def test_an_input_already_dynamic_is_left_as_it_is_beside_one_made_dynamic():
     assert dims(rewritten.graph.input) == [[1, "seq", D], [1, "seq"]]
 
 
+def test_two_axes_of_one_input_both_follow():
+    # scores = x @ x.transpose(1, 2) + mask, the mask an input [1, L, L] with both axes named
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["x", "xt"], ["scores"]),
+             helper.make_node("Add", ["scores", "mask"], ["y"], name="add_mask")]
+    built = model(nodes, [tensor("x", [1, L, D]), tensor("mask", [1, L, L])], [tensor("y", [1, L, L])])
+    rewritten, record = rewrite(built, "x:1:seq", "mask:1:seq", "mask:2:seq")
+    assert record.details["inputs"] == ["x:1", "mask:1", "mask:2"]
+    assert record.details["rewritten"] == []  # an input is named, never cut
+    assert dims(rewritten.graph.input) == [[1, "seq", D], [1, "seq", "seq"]]
+    assert dims(rewritten.graph.output) == [[1, "seq", "seq"]]
+    mask = np.triu(np.full((1, L, L), -1e4, np.float32), 1) + floats(1, L, L, seed=6)
+    assert_follows_length(built, rewritten, [floats(1, L, D), mask], {0: 1, 1: (1, 2)}, [[1, 2]])
+
+
+def test_a_name_the_model_already_uses_for_another_dim_is_refused():
+    # x [N, L, D] with N its batch: naming the length N too would tie two unrelated dims together
+    built = model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", ["N", L, D])], [tensor("y", ["N", L, D])])
+    message = refusal(built, "x:1:N")
+    assert "axes: the model already names 'x' axis 0 'N'; the length needs a name of its own" in message, message
+
+
 def test_after_dynamic_axes_dynamic_batch_says_to_run_first(tmp_path):
     import surgeon
 
@@ -624,3 +753,18 @@ def test_after_dynamic_axes_dynamic_batch_says_to_run_first(tmp_path):
     assert {(row["batch"], row["sizes"]["seq"]) for row in report["parity"]} == {
         (batch, length) for batch in (1, 3) for length in (2, 3, 6)}
     assert all(row["ok"] for row in report["parity"])
+
+
+def test_two_lengths_compared_with_each_other_are_always_equal():
+    # if x.size(1) == mask.size(1): traced as an Equal of two lengths feeding a Where on a shape entry
+    nodes = [helper.make_node("Shape", ["x"], ["x_length"], start=1, end=2),
+             helper.make_node("Shape", ["mask"], ["mask_length"], start=1, end=2),
+             helper.make_node("Equal", ["x_length", "mask_length"], ["same"]),
+             helper.make_node("Where", ["same", "x_length", "mask_length"], ["length"]),
+             helper.make_node("Concat", ["one", "length", "width"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")]
+    built = model(nodes, [tensor("x", [1, L, D]), tensor("mask", [1, L], INT64)], [tensor("y", [1, L, D])],
+                  {"one": np.array([1]), "width": np.array([D])})
+    rewritten, _ = rewrite(built, "x:1:seq", "mask:1:seq")
+    assert dims(rewritten.graph.output) == [[1, "seq", D]]
+    assert_follows_length(built, rewritten, [floats(1, L, D), np.ones((1, L), np.int64)], {0: 1, 1: 1}, [[1]])

@@ -40,7 +40,8 @@ from surgeon.graph import Builder, constant_value, describe, normalized
 from surgeon.shapes import captured, inferred_types, topological
 
 SMALL = 64  # elements: integer tensors this small have their values observed (shapes, axes, indices)
-PROBE_BATCHES = (3, 5, 7, 11, 13)  # a symbolic batch is observed at the first that is no divisor of L
+PROBE_BATCHES = (3, 5, 7, 11, 13)
+VALUE_KEEPING = ("Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten")  # positions stay positions  # a symbolic batch is observed at the first that is no divisor of L
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ class Flow:
     def visit(self, node: gs.Node) -> None:
         if any(self.state(t) is not None for t in captured(node)):
             self.fail(node, "uses a tensor that holds the length inside a subgraph")
+        if self.keeps_positions(node):
+            return
         self.plain = {id(t) for k, t in enumerate(node.inputs) if id(t) in self.positions and not self.counts(node, k)}
         for index, tensor in enumerate(node.inputs):
             if id(tensor) in self.positions and id(tensor) not in self.plain:
@@ -166,6 +169,18 @@ class Flow:
         for tensor, state in zip(node.outputs, rule(self, node)):
             if state is not None:
                 self.states[id(tensor)] = state
+
+    def keeps_positions(self, node: gs.Node) -> bool:
+        """A Cast or reshape of positions (and fixed shapes) holds positions too: whether they count the length is
+        decided where they are used (``counts``), not here."""
+        if node.op not in VALUE_KEEPING or len(node.outputs) != 1 or not node.inputs \
+                or id(node.inputs[0]) not in self.positions or any(self.state(t) for t in node.inputs[1:]):
+            return False
+        dims = self.known_dims(node.outputs[0])
+        if dims is None or dims.count(self.length) != 1 or math.prod(dims) != self.length:
+            return False
+        self.positions[id(node.outputs[0])] = Along(dims.index(self.length))
+        return True
 
     def counts(self, node: gs.Node, index: int) -> bool:
         """Whether the positions ``node.inputs[index]`` count the length in ``node``. Not when they index an axis

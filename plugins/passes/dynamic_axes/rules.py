@@ -52,7 +52,10 @@ def entry_factor(op: str, k: int, factors: Sequence[tuple[int | None, ...]], obs
     if op == "Where":
         condition = fixed[0]
         return None if condition is None else column[1] if condition[k] else column[2]
-    if op == "Equal":  # f * S + c, for 1 <= S <= L, against a fixed number outside that range: never equal
+    left, right = observed[0], observed[1] if len(observed) > 1 else None
+    if op == "Equal" and column[0] == column[1] and left is not None and right is not None:
+        return 0 if left[k] == right[k] else None  # f * S + c against itself: always equal
+    if op == "Equal" and 0 in column:  # f * S + c, for 1 <= S <= L, against a fixed number outside that range
         plain = column.index(0)
         scaled, factor = observed[1 - plain], column[1 - plain]
         other = fixed[plain]
