@@ -23,7 +23,11 @@ model later positions never change earlier ones; a model where padding is
 not inert fails the check, as it should. Lengths over L cannot be checked
 there and are refused before anything is written; PyTorch, when it is the
 reference, runs at any length and is fed unpadded. Unless ``--axis-sizes``
-says otherwise, such a name is checked at 2, L // 2 and L.
+says otherwise, such a name is checked at 2, L // 2 and L. What this cannot
+see: an output axis the rewrite names as the length when it is not (features
+that happen to number L) is cut in the reference as well, so a model that
+serves S of them where the original has L passes; the rewrite's own rules are
+what keep such an axis whole.
 
 The criterion: a float value passes when
 
