@@ -141,7 +141,9 @@ def case_feed(model: onnx.ModelProto, case: Case) -> Feed:
 
 def random_feed(model: onnx.ModelProto, size: int, sizes: Mapping[str, int] | None = None) -> Feed:
     """Seeded random inputs for ``model`` with batch ``size`` (the same at every call); ``sizes``: the size of
-    named symbolic dimensions (others get ``SYMBOLIC_DIM_SIZE``)."""
+    named symbolic dimensions (others get ``SYMBOLIC_DIM_SIZE``). Floats are standard normal, uint8 spans its range,
+    booleans 0 or 1, inputs named like a mask (``attention_mask``) as :func:`attention_mask` says, other integers 0
+    to 3."""
     sizes = sizes or {}
     rng = np.random.default_rng(SEED)
     feed = []
@@ -156,9 +158,22 @@ def random_feed(model: onnx.ModelProto, size: int, sizes: Mapping[str, int] | No
             array = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             array = rng.integers(0, 2, shape).astype(dtype)
+        elif "mask" in value.name.lower():
+            array = attention_mask(rng, shape).astype(dtype)
         elif dtype == np.uint8:  # images: the whole range
             array = rng.integers(0, 256, shape).astype(dtype)
         else:
             array = rng.integers(0, 4, shape).astype(dtype)
         feed.append(array)
     return feed
+
+
+def attention_mask(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
+    """Random 0s and 1s with the first position after the batch 1: what a mask holds. A mask of 2s and 3s would
+    count positions past the length (``cumsum(mask)`` positions), and a sample masked whole, or a first token
+    masked under a causal mask, leaves a row of attention with nothing to attend to, whose result no stage need
+    agree on."""
+    array = rng.integers(0, 2, shape)
+    if array.ndim >= 2:
+        array[:, 0] = 1
+    return array

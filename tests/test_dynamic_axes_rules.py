@@ -768,3 +768,82 @@ def test_two_lengths_compared_with_each_other_are_always_equal():
     rewritten, _ = rewrite(built, "x:1:seq", "mask:1:seq")
     assert dims(rewritten.graph.output) == [[1, "seq", D]]
     assert_follows_length(built, rewritten, [floats(1, L, D), np.ones((1, L), np.int64)], {0: 1, 1: 1}, [[1]])
+
+
+# -- widths that happen to equal the length (found by trying real and synthetic text models)
+
+
+def pooled(by_matmul: bool) -> onnx.ModelProto:
+    """Mean pooling as sentence-transformers writes it, the hidden size H equal to L: the mask expanded to
+    ``h.size()`` (folded to [1, L, L]) weighs the tokens; or the expanded mask transposed and multiplied in."""
+    nodes = [helper.make_node("Unsqueeze", ["attention_mask", "last"], ["mask3"]),
+             helper.make_node("Cast", ["mask3"], ["mask_float"], to=FLOAT),
+             helper.make_node("Expand", ["mask_float", "h_size"], ["weights"], name="expand_mask"),
+             helper.make_node("Tanh", ["h"], ["hidden"])]
+    if by_matmul:
+        nodes += [helper.make_node("Transpose", ["weights"], ["weights_t"], perm=[0, 2, 1]),
+                  helper.make_node("MatMul", ["weights_t", "hidden"], ["y"], name="pool")]
+        output = tensor("y", [1, L, L])
+    else:
+        nodes += [helper.make_node("Mul", ["hidden", "weights"], ["weighted"], name="weigh"),
+                  helper.make_node("ReduceSum", ["weighted", "axis1"], ["total"], keepdims=0),
+                  helper.make_node("ReduceSum", ["weights", "axis1"], ["count"], keepdims=0),
+                  helper.make_node("Div", ["total", "count"], ["y"])]
+        output = tensor("y", [1, L])
+    return model(nodes, [tensor("h", [1, L, L]), tensor("attention_mask", [1, L], INT64)], [output],
+                 {"last": np.array([-1]), "h_size": np.array([1, L, L]), "axis1": np.array([1])})
+
+
+@pytest.mark.parametrize("by_matmul", [False, True], ids=["mean", "matmul"])
+def test_a_mask_expanded_to_a_width_of_the_length_keeps_the_width(by_matmul):
+    # the folded [1, L, L] is [1, tokens, hidden]: the expanded axis repeats one value per token, and the hidden
+    # size stays whole, in the weighting (cut exactly, copies) and in the output
+    built = pooled(by_matmul)
+    rewritten, _ = rewrite(built, "h:1:seq", "attention_mask:1:seq")
+    assert dims(rewritten.graph.output) == [[1, L, L] if by_matmul else [1, L]]
+    mask = np.ones((1, L), np.int64)
+    mask[0, 3] = 0
+    assert_follows_length(built, rewritten, [floats(1, L, L), mask], {0: 1, 1: 1}, [[]])
+
+
+def test_a_one_hot_of_a_prediction_over_classes_of_the_length_keeps_its_arange():
+    # pred = logits.mean(1).argmax(-1); (pred[:, None] == torch.arange(C)) with C == L classes
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1], keepdims=0),
+             helper.make_node("ArgMax", ["mean"], ["pred"], axis=1, keepdims=1),
+             helper.make_node("Equal", ["pred", "classes"], ["hot"], name="one_hot"),
+             helper.make_node("Cast", ["hot"], ["y"], to=FLOAT)]
+    built = model(nodes, [tensor("x", [1, L, L])], [tensor("y", [1, L])], {"classes": np.arange(L, dtype=np.int64)})
+    rewritten, record = rewrite(built, "x:1:seq")
+    assert record.details["rewritten"] == []
+    assert dims(rewritten.graph.output) == [[1, L]]
+    (y,) = run_onnx(rewritten, [floats(1, L, L)[:, :3]])
+    assert y.shape == (1, L) and y.sum() == 1
+
+
+def test_an_expand_to_a_shape_read_from_the_graph_keeps_a_width_of_the_length():
+    # Llama's repeat_kv: k[:, :, None].expand(b, kv_heads, 2, seq, head_dim) with sizes read by Shape, head_dim == L
+    nodes = [helper.make_node("Reshape", ["x", "heads"], ["k"], name="split_heads"),
+             helper.make_node("Shape", ["k"], ["k_shape"]),
+             helper.make_node("Slice", ["k_shape", "zero", "two"], ["leading"]),
+             helper.make_node("Slice", ["k_shape", "two", "four"], ["trailing"]),
+             helper.make_node("Concat", ["leading", "repeats", "trailing"], ["sizes"], axis=0),
+             helper.make_node("Unsqueeze", ["k", "two"], ["k5"]),
+             helper.make_node("Expand", ["k5", "sizes"], ["y"], name="repeat_kv")]
+    built = model(nodes, [tensor("x", [1, L, L])], [tensor("y", [1, 1, 2, L, L])],
+                  {"heads": np.array([1, 1, L, L]), "zero": np.array([0]), "two": np.array([2]),
+                   "four": np.array([4]), "repeats": np.array([2])})
+    rewritten, _ = rewrite(built, "x:1:seq")
+    assert dims(rewritten.graph.output) == [[1, 1, 2, "seq", L]]
+    assert_follows_length(built, rewritten, [floats(1, L, L)], {0: 1}, [[3]])
+
+
+def test_a_bfloat16_weight_of_the_length_s_size_is_no_positions_and_no_crash():
+    # numpy has no bfloat16: onnx-graphsurgeon keeps the ONNX type number, which the positions check must survive
+    nodes = [helper.make_node("Cast", ["scale"], ["scale_float"], to=FLOAT),
+             helper.make_node("Mul", ["x", "scale_float"], ["y"])]
+    scale = helper.make_tensor("scale", TensorProto.BFLOAT16, [L], [1.0 + k for k in range(L)])
+    graph = helper.make_graph(nodes, "bf16", [tensor("x", [1, L, L])], [tensor("y", [1, L, L])], [scale])
+    built = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    rewritten, _ = rewrite(built, "x:1:seq")
+    assert dims(rewritten.graph.output) == [[1, "seq", L]]
+    assert_follows_length(built, rewritten, [floats(1, L, L)], {0: 1}, [[1]])

@@ -253,3 +253,14 @@ def test_a_run_refuses_a_length_over_the_fixed_one_before_writing(tmp_path: Path
     assert code != 0, err
     assert "--axis-sizes seq=8: the ONNX file fixes seq at 6, and nothing computes the original" in err
     assert "writing onnx" not in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_an_input_named_like_a_mask_is_fed_0s_and_1s_with_its_first_position_on() -> None:
+    # a mask of 2s and 3s counts positions past the length (cumsum(mask) positions), and a sample masked whole
+    # leaves attention with nothing to attend to: neither is a feed a model is checked on
+    rewritten = with_seq_input(masked())
+    for batch, length in ((1, 2), (3, 2), (8, 6)):
+        x, mask = case_feed(rewritten, Case(batch, (("seq", length),)))
+        assert set(np.unique(mask)) <= {0, 1} and (mask[:, 0] == 1).all(), mask
+        assert mask.dtype == np.int64 and x.dtype == np.float32
+    assert 0 in case_feed(rewritten, Case(8, (("seq", 6),)))[1]  # still a mask, not all ones

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
 from surgeon import Finding, RewritePass, SurgeonError, hookimpl
 from surgeon.axes import DynamicAxis, parse_dynamic_axis
-from surgeon_plugins.passes.dynamic_axes.flow import Carries, Flow, LengthBuilder
+from surgeon_plugins.passes.dynamic_axes.flow import Carries, Flow, LengthBuilder, numpy_kind
 from surgeon_plugins.passes.dynamic_axes.rules import RULES
 
 
@@ -140,7 +139,7 @@ def detect(graph: gs.Graph, options: DynamicAxesOptions) -> list[Finding]:
         return [Finding(where=f"input {t.name!r}", message=f"axis {axis} fixed at {size}: a token length? "
                         f"--set dynamic_axes.axes={t.name}:{axis}:seq makes it dynamic")
                 for t in graph.inputs if isinstance(t, gs.Variable) and t.dtype is not None
-                and np.dtype(t.dtype).kind in "iu" and t.shape is not None
+                and numpy_kind(t.dtype) in ("i", "u") and t.shape is not None
                 for axis, size in enumerate(t.shape) if axis > 0 and isinstance(size, int) and size > 1]
     try:
         analysed = analyse(graph, options)

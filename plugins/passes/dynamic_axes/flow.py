@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
@@ -134,6 +134,7 @@ class Flow:
                           if (state := positions(tensor, length)) is not None}
         self.fixes: dict[tuple[int, int], Fixes] = {}
         self.plain: set[int] = set()  # positions that do not count the length in the node visited (``counts``)
+        self.copies: dict[int, set[int]] = {}  # tensor id -> axes that repeat one slice (Expand from size 1)
 
     # -- walking the graph
 
@@ -187,18 +188,20 @@ class Flow:
         of data that holds the length elsewhere (features picked by number), nor when they line up with an axis of
         another input that holds the length elsewhere and is L long there (channels that happen to number L) or 1
         long there while its values come from the inputs (``ids[..., None] == arange(V)``, a one-hot over a
-        vocabulary of L): positions meet the length only as a table's indices, each other, or shapes."""
+        vocabulary of L, or of a prediction): positions meet the length only as a table's indices, each other, or
+        shapes. (A model fed lengths, ``arange(L) < lengths[:, None]``, is refused for it.)"""
         along, rank = self.positions[id(node.inputs[index])], len(self.known_dims(node.inputs[index]) or ())
-        out_rank = len(self.known_dims(node.outputs[0]) or ()) if node.outputs else 0
         for k, other in enumerate(node.inputs):
             state, dims = self.states.get(id(other)), self.known_dims(other)
-            if k == index or not isinstance(state, Carries) or dims is None:
+            if k == index or dims is None:
                 continue
+            holds = state if isinstance(state, Carries) else None
             if node.op in ("Gather", "GatherElements") and index == 1:
-                return state.at(normalized(node.attrs.get("axis", 0), len(dims))) is not None
+                return holds is None or holds.at(normalized(node.attrs.get("axis", 0), len(dims))) is not None
             axis = along.axis - rank + len(dims)
-            if 0 <= axis < len(dims) and state.at(axis) is None and (
-                    dims[axis] == self.length or dims[axis] == 1 and id(other) in self.on_data):
+            if not 0 <= axis < len(dims) or holds and holds.at(axis):
+                continue
+            if holds and dims[axis] == self.length or dims[axis] == 1 and id(other) in self.on_data:
                 return False
         return True
 
@@ -295,7 +298,7 @@ class Flow:
         if tensor in self.graph.inputs:
             self.fail(node, f"combines the input {tensor.name!r}, {size} long on axis {axis}, with the length there; "
                             f"if that axis is the length too, name it in axes ({tensor.name}:{axis}:NAME)")
-        if id(tensor) in self.on_data:
+        if id(tensor) in self.on_data and axis not in self.copies.get(id(tensor), set()):
             self.fail(node, f"combines {tensor.name!r}, which the inputs' data fill, {size} long on axis {axis}, with "
                             "the length there; only constants that hold L rows (positions, masks, embeddings) are "
                             "cut to the runtime length")
@@ -323,7 +326,7 @@ def positions(tensor: gs.Tensor, length: int) -> Along | None:
     """Where an integer constant holds 0 .. length - 1 along one axis, 1 long on the others: the positions of a
     sequence of the export length, which tracing folds from ``arange``."""
     if isinstance(tensor, gs.Constant):
-        if math.prod(tensor.shape) != length or np.dtype(tensor.dtype).kind not in "iu":
+        if math.prod(tensor.shape) != length or numpy_kind(tensor.dtype) not in ("i", "u"):
             return None  # without reading the values of a weight
     elif len(tensor.inputs) != 1 or tensor.inputs[0].op != "Constant":
         return None
@@ -361,6 +364,9 @@ def observe(graph: gs.Graph, order: Sequence[gs.Node], length: int) -> tuple[dic
     for tensor in inputs:
         dims = [size if isinstance(size, int) and size >= 0 else batch if axis == 0 else SYMBOLIC_DIM_SIZE
                 for axis, size in enumerate(tensor.shape or [])]
+        if numpy_kind(tensor.dtype) is None:
+            raise SurgeonError(f"input {tensor.name!r} has the type {tensor.dtype}, which numpy (and so the "
+                               "observation run) has no type for")
         dtype = np.dtype(tensor.dtype)
         feed.append(rng.standard_normal(dims).astype(dtype) if dtype.kind in "fc" else np.zeros(dims, dtype))
     try:
@@ -382,3 +388,12 @@ def on_data(graph: gs.Graph, order: Sequence[gs.Node]) -> set[int]:
         if node.op not in ("Shape", "Size") and any(id(t) in found for t in [*node.inputs, *captured(node)]):
             found.update(id(t) for t in node.outputs)
     return found
+
+
+def numpy_kind(dtype: Any) -> str | None:
+    """The numpy kind of an onnx-graphsurgeon dtype (``i``, ``u``, ``f``, ``b``...); None for a type numpy has no
+    dtype for (onnx-graphsurgeon keeps bfloat16 and the float8 types as their ONNX numbers)."""
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:
+        return None

@@ -105,6 +105,8 @@ def unary(flow: Flow, node: gs.Node) -> list[State]:
     if isinstance(state, Entries):
         keeps = node.op in ("Identity", "Cast", "Floor", "Ceil", "Round")
         return [Entries(state.factors if keeps else (None,) * len(state.factors))]
+    if node.op in ELEMENTWISE_UNARY and id(node.inputs[0]) in flow.copies:
+        flow.copies[id(node.outputs[0])] = flow.copies[id(node.inputs[0])]
     return [state] * len(node.outputs)
 
 
@@ -322,17 +324,12 @@ def expand(flow: Flow, node: gs.Node) -> list[State]:
                             "does not follow")
         flow.replace_entry(node, 1, position, None, f"shape entry {position} ({entries[position]}) bakes the export "
                                                     f"length {flow.length}; 1 keeps the runtime length instead")
-    held = bool(alongs)
     for position, factor in enumerate(factors):
-        axis = position + offset
-        if factor not in (0, None) and axis not in alongs:
-            alongs[axis] = Along(axis, factor)
-        elif held and factor == 0 and entries[position] == flow.length and axis not in alongs:
-            # a mask that holds the length on one axis broadcast to [L, L]: the other L is the length too
-            alongs[axis] = Along(axis)
-            flow.replace_entry(node, 1, position, 1, f"shape entry {position} ({entries[position]}) broadcasts "
-                                                     f"{x.name!r}, which holds the length, to the export length "
-                                                     f"{flow.length}; it broadcasts to the runtime length instead")
+        if factor not in (0, None) and position + offset not in alongs:
+            alongs[position + offset] = Along(position + offset, factor)
+    dims, out_dims = flow.dims(x, node), flow.dims(node.outputs[0], node)
+    flow.copies[id(node.outputs[0])] = {axis for axis in range(rank) if out_dims[axis] > 1 and axis not in alongs
+                                        and (axis < shift or dims[axis - shift] == 1)}
     return [Carries.of(list(alongs.values()))]
 
 
@@ -464,6 +461,8 @@ def recurrent(flow: Flow, node: gs.Node) -> list[State]:
     return [Carries((Along(step_axis),))] + [None] * (len(node.outputs) - 1)
 
 
+ELEMENTWISE_UNARY = ("Abs", "Cast", "CastLike", "Ceil", "Clip", "Erf", "Exp", "Floor", "Identity", "IsInf", "IsNaN",
+                     "Log", "Neg", "Not", "Reciprocal", "Relu", "Round", "Sigmoid", "Sign", "Sqrt", "Tanh")
 UNARY = ("Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "CastLike", "Ceil", "Celu", "Clip", "Cos",
          "Cosh", "CumSum", "Dropout", "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Hardmax",
          "Identity", "IsInf", "IsNaN", "LeakyRelu", "Log", "LogSoftmax", "Mish", "Neg", "Not", "Reciprocal", "Relu",
