@@ -95,10 +95,11 @@ def test_a_subset_of_sequence_ops_keeps_every_output_or_refuses_by_name():
     results = outcomes(SUBSET)
     assert_no_problems(results)
     counts = collections.Counter(kind for kind, _ in results.values())
-    assert counts["rewritten"] >= 70, counts
-    # ops along the length that the pass follows (an attention with a causal mask built from shapes among them)
+    assert counts["rewritten"] >= 60, counts  # 66 with onnx 1.18 (TensorFlow 2.15), more cases with newer onnx
+    # ops along the length that the pass follows (onnx 1.18's test_attention_3d_causal_expanded reshapes Q
+    # [B, S, H * D] straight to [B, H, S, D], splitting the length, and is refused there; it is not listed)
     for name in ("test_softmax_axis_1", "test_matmul_3d", "test_transpose_all_permutations_0",
-                 "test_attention_3d_causal_expanded", "test_layer_normalization_3d_axis_negative_1_epsilon_expanded"):
+                 "test_layer_normalization_3d_axis_negative_1_epsilon_expanded"):
         assert results.get(name, ("missing",))[0] == "rewritten", (name, results.get(name))
     # and ones it cannot
     for name, why in (("test_split_equal_parts_2d_opset13", "splits along the length"),
