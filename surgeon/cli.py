@@ -28,6 +28,8 @@ examples:
   surgeon run net.py:build --weights ckpt.pth --input-shape 1,3,224,224 -o out/
   surgeon run text.py:build --input-shape int64:1,16 --set torch.dynamic_axes=input_ids:1:seq \\
       --plugins dynamic_batch,opset_compat --axis-sizes seq=8,16,32 -o out/   (token length dynamic too)
+  surgeon run bert.onnx --plugins dynamic_batch,dynamic_axes,opset_compat \\
+      --set dynamic_axes.axes=input_ids:1:seq,attention_mask:1:seq -o out/   (an ONNX file fixed at one length)
   surgeon run --example ct-position -o out/          (the bundled 3D CT classifier)
   surgeon run --config pipeline.toml                 (the same settings, kept in a file)
 
