@@ -123,7 +123,6 @@ class Flow:
     def __init__(self, graph: gs.Graph, starts: Sequence[tuple[gs.Variable, int]], length: int,
                  rules: Mapping[str, Rule]) -> None:
         self.graph, self.length, self.rules = graph, length, rules
-        self.opset = int(graph.opset)
         self.order = topological(graph)
         self.shapes, self.values = observe(graph, self.order, length)
         self.on_data = on_data(graph, self.order)
@@ -242,9 +241,7 @@ class Flow:
         """The value of a small integer tensor at the export length."""
         if id(tensor) in self.on_data:
             self.fail(node, f"needs the value of {tensor.name!r}, which depends on what the inputs hold")
-        value = self.values.get(tensor.name)
-        if value is None:
-            value = constant_value(tensor)
+        value = self.fixed(tensor)
         if value is None or value.size > SMALL:
             self.fail(node, f"needs the value of {tensor.name!r}, which is not a small integer tensor")
         return value

@@ -372,17 +372,23 @@ def pad(flow: Flow, node: gs.Node) -> list[State]:
 # -- ops that contract or reduce
 
 
+def contract(flow: Flow, node: gs.Node, axis_a: int, axis_b: int) -> None:
+    """Inputs 0 and 1 are summed over together along ``axis_a`` and ``axis_b``: where one holds the length there,
+    the other meets it (a weight L rows long is cut to the runtime length)."""
+    state_a, state_b = flow.carries(node.inputs[0]), flow.carries(node.inputs[1])
+    along_a = state_a.at(axis_a) if state_a else None
+    along_b = state_b.at(axis_b) if state_b else None
+    if along_a and not along_b:
+        flow.meet(node, 1, axis_b, along_a, broadcast=False)
+    if along_b and not along_a:
+        flow.meet(node, 0, axis_a, along_b, broadcast=False)
+
+
 def matmul(flow: Flow, node: gs.Node) -> list[State]:
     a, b = node.inputs[:2]
     rank_a, rank_b, rank = flow.rank(a, node), flow.rank(b, node), flow.rank(node.outputs[0], node)
     state_a, state_b = flow.carries(a), flow.carries(b)
-    k_a, k_b = rank_a - 1, rank_b - 2 if rank_b >= 2 else 0
-    contracted_a = state_a.at(k_a) if state_a else None
-    contracted_b = state_b.at(k_b) if state_b else None
-    if contracted_a and not contracted_b:
-        flow.meet(node, 1, k_b, contracted_a, broadcast=False)
-    if contracted_b and not contracted_a:
-        flow.meet(node, 0, k_a, contracted_b, broadcast=False)
+    contract(flow, node, rank_a - 1, rank_b - 2 if rank_b >= 2 else 0)
     alongs: dict[int, Along] = {}
     rows = state_a.at(rank_a - 2) if state_a and rank_a >= 2 else None
     if rows:
@@ -406,12 +412,7 @@ def gemm(flow: Flow, node: gs.Node) -> list[State]:
     a, b = node.inputs[:2]
     trans_a, trans_b = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
     state_a, state_b = flow.carries(a), flow.carries(b)
-    contracted_a = state_a.at(0 if trans_a else 1) if state_a else None
-    contracted_b = state_b.at(1 if trans_b else 0) if state_b else None
-    if contracted_a and not contracted_b:
-        flow.meet(node, 1, 1 if trans_b else 0, contracted_a, broadcast=False)
-    if contracted_b and not contracted_a:
-        flow.meet(node, 0, 0 if trans_a else 1, contracted_b, broadcast=False)
+    contract(flow, node, 0 if trans_a else 1, 1 if trans_b else 0)
     rows = state_a.at(1 if trans_a else 0) if state_a else None
     columns = state_b.at(0 if trans_b else 1) if state_b else None
     alongs = {axis: Along(axis, along.inner) for axis, along in ((0, rows), (1, columns)) if along}
